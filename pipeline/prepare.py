@@ -1,0 +1,24 @@
+"""Stage prepare: ingest the configured source, validate, split, write the prepared format."""
+
+from pathlib import Path
+
+from distillery.cli import StageContext, main_for
+from distillery.data import load_source, save_prepared, stratified_split, summarize
+from distillery.runs import write_json
+
+
+def body(ctx: StageContext) -> str:
+    cfg = ctx.params.data
+    raw = load_source(cfg, cache_dir=Path.home() / ".cache" / "distillery")
+    idx = stratified_split(raw.labels, cfg.val_fraction, cfg.test_fraction, ctx.params.seed)
+    meta = save_prepared(raw, idx, ctx.layout.prepared, cfg.source)
+    summary = summarize(raw, idx, meta)
+    write_json(ctx.layout.prepared / "skipped.json", raw.skipped)
+    write_json(ctx.layout.metrics / "data.json", {k: v for k, v in summary.items() if k != "skipped"})
+    c = summary["counts"]
+    return (f"{cfg.source}: {summary['num_classes']} classes, {meta['channels']}x{cfg.image_size}x{cfg.image_size}, "
+            f"train/val/test = {c['train']}/{c['val']}/{c['test']}, skipped {summary['num_skipped']} file(s)")
+
+
+if __name__ == "__main__":
+    main_for("prepare", body)

@@ -1,0 +1,78 @@
+"""Batch-level augmentation on in-memory tensors.
+
+The prepared data is one uint8 tensor, so augmenting whole batches on the training device is
+far cheaper than a per-image PIL pipeline on 2 CPU cores. Mixup/CutMix and random erasing are
+timm's implementations. The augmented batch is what both the student and the teacher see.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .config import AugmentConfig
+from .losses import smoothed_one_hot
+
+
+class Normalizer:
+    def __init__(self, mean: list[float], std: list[float], device: torch.device):
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+
+    def __call__(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        return (x_uint8.float() / 255.0 - self.mean) / self.std
+
+
+def random_translate(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
+    """Shift every image independently by up to ±max_shift pixels (reflect padding)."""
+    if max_shift <= 0:
+        return x
+    b, _, h, w = x.shape
+    pad_mode = "reflect" if max_shift < min(h, w) else "replicate"
+    padded = F.pad(x, (max_shift,) * 4, mode=pad_mode)
+    offsets = torch.randint(0, 2 * max_shift + 1, (b, 2), generator=gen).to(x.device)
+    rows = offsets[:, 0:1] + torch.arange(h, device=x.device)  # (B, H)
+    cols = offsets[:, 1:2] + torch.arange(w, device=x.device)  # (B, W)
+    batch = torch.arange(b, device=x.device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def random_hflip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    flip = (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device)
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+class BatchAugment:
+    """uint8 batch + labels -> normalised augmented batch + target distribution."""
+
+    def __init__(self, cfg: AugmentConfig, num_classes: int, label_smoothing: float, normalizer: Normalizer,
+                 device: torch.device):
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.label_smoothing = label_smoothing
+        self.normalize = normalizer
+        self.mixup = None
+        if cfg.mixup > 0 or cfg.cutmix > 0:
+            from timm.data import Mixup
+
+            self.mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mix_prob,
+                               label_smoothing=label_smoothing, num_classes=num_classes)
+        self.erasing = None
+        if cfg.random_erasing > 0:
+            from timm.data.random_erasing import RandomErasing
+
+            self.erasing = RandomErasing(probability=cfg.random_erasing, mode="pixel", device=str(device))
+
+    def __call__(self, x_uint8: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.normalize(x_uint8)
+        x = random_translate(x, self.cfg.translate, gen)
+        if self.cfg.hflip:
+            x = random_hflip(x, gen)
+        if self.mixup is not None and x.shape[0] % 2 == 0:
+            x, target = self.mixup(x, y)
+        else:
+            target = smoothed_one_hot(y, self.num_classes, self.label_smoothing)
+        if self.erasing is not None:
+            x = self.erasing(x)
+        return x, target

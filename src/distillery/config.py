@@ -1,0 +1,280 @@
+"""The one validated schema for params.yaml.
+
+Every knob the pipeline has is a field here; the defaults equal the shipped params.yaml.
+Unknown keys and bad values raise ConfigError with one line per problem naming the key,
+the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+LOSS_TYPES = ("soft", "hard")
+DATA_SOURCES = ("digits", "mnist5k", "folder", "tf_flowers")
+TF_FLOWERS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    source: Literal["digits", "mnist5k", "folder", "tf_flowers"] = "digits"
+    path: str | None = None
+    url: str = TF_FLOWERS_URL
+    image_size: int = Field(16, ge=4, le=1024)
+    channels: Literal["auto", 1, 3] = "auto"
+    val_fraction: float = Field(0.15, gt=0.0, lt=1.0)
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    max_per_class: int | None = Field(None, ge=3)
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataConfig":
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError(
+                f"data.val_fraction + data.test_fraction = {self.val_fraction + self.test_fraction:g}"
+                " leaves no training data; allowed: a sum below 1"
+            )
+        if self.source == "folder" and not self.path:
+            raise ValueError("data.path is required when data.source is 'folder'; allowed: a directory with one sub-folder per class")
+        return self
+
+
+class AugmentConfig(_Section):
+    translate: int = Field(2, ge=0)
+    hflip: bool = False
+    mixup: float = Field(0.0, ge=0.0)
+    cutmix: float = Field(0.0, ge=0.0)
+    mix_prob: float = Field(1.0, ge=0.0, le=1.0)
+    random_erasing: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class TrainConfig(_Section):
+    batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(512, ge=1)
+    optimizer: str = "adamw"
+    warmup_epochs: int = Field(2, ge=0)
+    min_lr: float = Field(1e-5, ge=0.0)
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    grad_clip: float | None = Field(None, gt=0.0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class TeacherConfig(_Section):
+    model: str = "distillery_cnn_small"
+    pretrained: bool | str = False
+    epochs: int = Field(15, ge=1)
+    lr: float = Field(2e-3, gt=0.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+
+
+class StudentConfig(_Section):
+    model: str = "deit_tiny_distilled_patch16_224"
+    baseline_model: str = "deit_tiny_patch16_224"
+    patch_size: int = Field(4, ge=1)
+    embed_dim: int = Field(64, ge=8)
+    depth: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    drop_path: float = Field(0.1, ge=0.0, lt=1.0)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.05, ge=0.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "StudentConfig":
+        if self.embed_dim % self.num_heads:
+            raise ValueError(
+                f"student.embed_dim={self.embed_dim} is not divisible by student.num_heads={self.num_heads}; "
+                "allowed: num_heads dividing embed_dim"
+            )
+        if "distilled" not in self.model:
+            raise ValueError(
+                f"student.model='{self.model}' is not a distilled variant; allowed: a timm name with "
+                "'distilled' (e.g. deit_tiny_distilled_patch16_224), which has the distillation token"
+            )
+        if "distilled" in self.baseline_model:
+            raise ValueError(
+                f"student.baseline_model='{self.baseline_model}' has a distillation token; allowed: a plain "
+                "ViT name (e.g. deit_tiny_patch16_224)"
+            )
+        return self
+
+
+class RangeSpec(_Section):
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> "RangeSpec":
+        if self.low > self.high:
+            raise ValueError(f"low={self.low:g} > high={self.high:g}; allowed: low <= high")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log scale needs low > 0, got low={self.low:g}")
+        return self
+
+
+def _alpha_in_unit(v: RangeSpec) -> RangeSpec:
+    if v.low < 0 or v.high > 1:
+        raise ValueError(f"alpha range [{v.low:g}, {v.high:g}] leaves [0, 1]; allowed: 0 <= low <= high <= 1")
+    return v
+
+
+class HardLossConfig(_Section):
+    """Hard distillation: λ is searched in `alpha`; there is no temperature."""
+
+    alpha: RangeSpec = RangeSpec(low=0.1, high=0.9)
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha(cls, v: RangeSpec) -> RangeSpec:
+        return _alpha_in_unit(v)
+
+
+class SoftLossConfig(_Section):
+    """Soft distillation: λ and τ are searched in `alpha` and `tau`."""
+
+    alpha: RangeSpec = RangeSpec(low=0.1, high=0.9)
+    tau: RangeSpec = RangeSpec(low=1.0, high=8.0, log=True)
+    kl_reduction: Literal["batchmean", "numel"] = "batchmean"
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha(cls, v: RangeSpec) -> RangeSpec:
+        return _alpha_in_unit(v)
+
+    @field_validator("tau")
+    @classmethod
+    def _tau_positive(cls, v: RangeSpec) -> RangeSpec:
+        if v.low <= 0:
+            raise ValueError(f"tau range starts at {v.low:g}; allowed: tau > 0")
+        return v
+
+
+class DistillConfig(_Section):
+    soft: SoftLossConfig = SoftLossConfig()
+    hard: HardLossConfig = HardLossConfig()
+
+
+class SweepConfig(_Section):
+    n_trials: int = Field(8, ge=1)
+    epochs: int = Field(10, ge=1)
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    startup_trials: int = Field(3, ge=0)
+
+
+class FinalConfig(_Section):
+    epochs: int = Field(40, ge=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+
+
+class EvaluateConfig(_Section):
+    throughput_repeats: int = Field(3, ge=1)
+
+
+class ReportConfig(_Section):
+    dpi: int = Field(110, ge=30, le=600)
+    title: str = "Does distillation help on this data?"
+    bootstrap_samples: int = Field(2000, ge=100)
+
+
+class TrackingConfig(_Section):
+    uri: str | None = None
+    experiment: str = "distillery"
+
+
+class Params(_Section):
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    train: TrainConfig = TrainConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    student: StudentConfig = StudentConfig()
+    distill: DistillConfig = DistillConfig()
+    sweep: SweepConfig = SweepConfig()
+    final: FinalConfig = FinalConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    report: ReportConfig = ReportConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> "Params":
+        if self.data.image_size % self.student.patch_size:
+            raise ValueError(
+                f"data.image_size={self.data.image_size} is not divisible by student.patch_size="
+                f"{self.student.patch_size}; allowed: a patch size that divides the image size"
+            )
+        return self
+
+
+def _schema_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(prefix + name)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(_schema_keys(ann, prefix + name + "."))
+    return keys
+
+
+def _format_error(err: dict[str, Any]) -> str:
+    key = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
+        candidates = [k for k in _schema_keys(Params) if k.startswith(parent) and k.count(".") == key.count(".")]
+        hint = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+        allowed = ", ".join(sorted(c[len(parent):] for c in candidates))
+        suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+        return f"unknown key '{key}'{suggestion}; allowed here: {allowed}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "value_error" and not key:
+        return msg  # model-level checks already name their keys
+    if err["type"] == "value_error":
+        return f"{key}: {msg}"
+    value = err.get("input")
+    return f"{key}={value!r} is invalid: {msg}"
+
+
+def parse_params(raw: dict[str, Any] | None) -> Params:
+    """Validate a params mapping; raise ConfigError with one line per problem."""
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as exc:
+        lines = [_format_error(e) for e in exc.errors()]
+        raise ConfigError("invalid params.yaml: " + "; ".join(lines)) from None
+
+
+def load_params(path: str | Path) -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"params file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}".replace("\n", " ")) from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{path} must be a mapping of sections, got {type(raw).__name__}")
+    return parse_params(raw)
+
+
+def check_model_names(params: Params) -> None:
+    """Names must exist in timm's registry (ours included). Imports timm, so kept out of parsing."""
+    import timm
+
+    from . import models  # noqa: F401  registers our small CNNs
+
+    for key, name in (
+        ("teacher.model", params.teacher.model),
+        ("student.model", params.student.model),
+        ("student.baseline_model", params.student.baseline_model),
+    ):
+        if not timm.is_model(name):
+            close = difflib.get_close_matches(name, timm.list_models(), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{key}='{name}' is not a timm model{hint}; allowed: any name in timm.list_models()")

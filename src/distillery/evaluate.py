@@ -1,0 +1,143 @@
+"""Test-split evaluation: accuracy of each head and of the inference rule, size and speed."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .augment import Normalizer
+from .config import TrainConfig
+from .data import Prepared
+from .models import count_params
+from .train import predict, resolve_device
+
+
+def accuracy_of(net: nn.Module, data: Prepared, split: str, train_cfg: TrainConfig) -> float:
+    """Top-1 of the model's inference output (the averaged heads for a distilled ViT)."""
+    preds = head_predictions(net, data, split, train_cfg)
+    return float((preds["avg"] == data.splits[split].y).mean())
+
+
+def head_predictions(net: nn.Module, data: Prepared, split: str, train_cfg: TrainConfig) -> dict[str, np.ndarray]:
+    """Predicted class per image for each head: cls, dist (distilled only) and avg (the inference rule)."""
+    device = resolve_device(train_cfg.device)
+    net.to(device)
+    z_c, z_d = predict(net, data.splits[split].x, Normalizer(data.mean, data.std, device), train_cfg.eval_batch_size, device)
+    out = {"cls": z_c.argmax(1).numpy()}
+    if z_d is not None:
+        out["dist"] = z_d.argmax(1).numpy()
+        out["avg"] = ((z_c + z_d) / 2).argmax(1).numpy()
+    else:
+        out["avg"] = out["cls"]
+    return out
+
+
+@torch.no_grad()
+def throughput(net: nn.Module, data: Prepared, train_cfg: TrainConfig, repeats: int) -> float:
+    """Inference images per second on the test split (median of `repeats` passes after one warm-up)."""
+    device = resolve_device(train_cfg.device)
+    net.to(device)
+    normalizer = Normalizer(data.mean, data.std, device)
+    x = data.splits["test"].x
+    predict(net, x[: train_cfg.eval_batch_size], normalizer, train_cfg.eval_batch_size, device)
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        predict(net, x, normalizer, train_cfg.eval_batch_size, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return float(len(x) / np.median(times))
+
+
+def model_summary(net: nn.Module, preds: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, Any]:
+    out: dict[str, Any] = {f"test_acc_{head}": float((p == labels).mean()) for head, p in preds.items()}
+    out["num_params"] = count_params(net)
+    return out
+
+
+def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> list[float]:
+    return [float((pred[labels == c] == c).mean()) if (labels == c).any() else float("nan") for c in range(num_classes)]
+
+
+def confusion_matrix(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (labels, pred), 1)
+    return cm
+
+
+# ---------------------------------------------------------------- the evaluate stage's work
+MODEL_ORDER = ("teacher", "vit", "deit_soft", "deit_hard")
+
+
+class Evaluation:
+    def __init__(self, metrics: dict[str, Any], throughput: dict[str, float], predictions):
+        self.metrics, self.throughput, self.predictions = metrics, throughput, predictions
+
+
+def _checkpoints(models_dir) -> dict[str, list[tuple[int | None, Any]]]:
+    found: dict[str, list[tuple[int | None, Any]]] = {}
+    if (models_dir / "teacher.pt").exists():
+        found["teacher"] = [(None, models_dir / "teacher.pt")]
+    for name in MODEL_ORDER[1:]:
+        d = models_dir / name
+        if d.is_dir():
+            seeds = sorted(d.glob("seed_*.pt"), key=lambda f: int(f.stem.split("_")[1]))
+            if seeds:
+                found[name] = [(int(f.stem.split("_")[1]), f) for f in seeds]
+    return found
+
+
+def evaluate_all(models_dir, data: Prepared, train_cfg: TrainConfig, repeats: int) -> Evaluation:
+    """Top-1 per head for every model and seed, mean ± std over seeds, agreement with the teacher."""
+    import pandas as pd
+
+    from .models import load_model
+
+    labels = data.splits["test"].y
+    columns: dict[str, np.ndarray] = {"label": labels}
+    metrics: dict[str, Any] = {}
+    speed: dict[str, float] = {}
+    teacher_pred = None
+    for name, entries in _checkpoints(models_dir).items():
+        per_seed = {}
+        for seed, path in entries:
+            net, _, _ = load_model(path)
+            preds = head_predictions(net, data, "test", train_cfg)
+            summary = model_summary(net, preds, labels)
+            if name == "teacher":
+                teacher_pred = preds["avg"]
+            elif teacher_pred is not None:
+                summary["teacher_agreement"] = float((preds["avg"] == teacher_pred).mean())
+            per_seed[seed] = summary
+            tag = name if seed is None else f"{name}_s{seed}"
+            for head, p in preds.items():
+                if head == "avg" and "dist" not in preds:
+                    continue
+                columns[f"{tag}_{head}"] = p
+            if seed is None or seed == entries[0][0]:
+                speed[name] = throughput(net, data, train_cfg, repeats)
+        metrics[name] = _aggregate(per_seed)
+    return Evaluation(metrics, speed, pd.DataFrame(columns))
+
+
+def _aggregate(per_seed: dict[int | None, dict[str, Any]]) -> dict[str, Any]:
+    first = next(iter(per_seed.values()))
+    out: dict[str, Any] = {"num_params": first["num_params"], "n_seeds": len(per_seed)}
+    for key in first:
+        if key == "num_params":
+            continue
+        values = np.array([s[key] for s in per_seed.values()], dtype=np.float64)
+        out[key] = float(values.mean())
+        if len(values) > 1:
+            out[f"{key}_std"] = float(values.std(ddof=1))
+    out["test_acc"] = out["test_acc_avg"]  # the inference rule: averaged heads for a distilled student
+    if len(per_seed) > 1 or None not in per_seed:
+        out["per_seed"] = {str(k): {kk: vv for kk, vv in v.items() if kk != "num_params"} for k, v in per_seed.items()}
+    return out

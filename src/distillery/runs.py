@@ -1,0 +1,78 @@
+"""A tracked training run: train, checkpoint, save the model and its history, log to MLflow.
+
+Shared by the teacher, distill, baseline and sweep stages so that every model is trained,
+saved and logged the same way.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+
+from .data import Prepared
+from .models import ModelSpec, count_params, save_model
+from .tracking import EpochLogger, start_run
+from .train import EpochCallback, Recipe, fit
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_history_csv(path: Path, history: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys: list[str] = []
+    for row in history:
+        keys.extend(k for k in row if k not in keys)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def read_history_csv(path: Path) -> list[dict[str, float]]:
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
+@dataclass
+class TrainedModel:
+    net: nn.Module
+    history: list[dict[str, Any]]
+    run_id: str
+
+
+def tracked_fit(*, name: str, net: nn.Module, spec: ModelSpec, data: Prepared, recipe: Recipe, tags: dict[str, str],
+                log_params: dict[str, Any], model_path: Path, history_path: Path, checkpoint: Path,
+                teacher: nn.Module | None = None, fingerprint_extra: dict[str, Any] | None = None,
+                extra_callbacks: list[EpochCallback] = ()) -> TrainedModel:
+    """Train one model inside its own MLflow run; resume both the training and the run after a kill."""
+    import mlflow
+
+    run_file = checkpoint.with_suffix(".mlflow_run")
+    resume_id = run_file.read_text().strip() if (checkpoint.exists() and run_file.exists()) else None
+    if resume_id:
+        ctx = mlflow.start_run(run_id=resume_id)
+    else:
+        ctx = start_run(name, tags, {**log_params, "num_params": count_params(net)})
+    with ctx as run:
+        run_file.parent.mkdir(parents=True, exist_ok=True)
+        run_file.write_text(run.info.run_id)
+        history = fit(net, data, recipe, teacher=teacher, callbacks=[EpochLogger(), *extra_callbacks],
+                      checkpoint=checkpoint, desc=name, fingerprint_extra=fingerprint_extra)
+        save_model(model_path, net, spec, {"history": history})
+        write_history_csv(history_path, history)
+        final = {f"final_{k}": v for k, v in history[-1].items() if k.startswith("val_")}
+        mlflow.log_metrics(final)
+        mlflow.log_artifact(str(history_path), artifact_path="history")
+        mlflow.log_artifact(str(model_path), artifact_path="model")
+    checkpoint.unlink(missing_ok=True)  # finished: a later run with new code must not resume from it
+    run_file.unlink(missing_ok=True)
+    return TrainedModel(net, history, run.info.run_id)

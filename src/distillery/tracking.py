@@ -1,0 +1,118 @@
+"""MLflow: where runs go, the tags every run carries, and the per-epoch logger callback."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from .config import Params, TrackingConfig
+from .errors import TrackingError
+from .paths import Layout
+
+
+def tracking_uri(cfg: TrackingConfig, layout: Layout) -> str:
+    uri = cfg.uri or layout.default_tracking_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        # a relative sqlite path is relative to the project root, not to wherever DVC runs us
+        rel = uri[len("sqlite:///"):]
+        if not Path(rel).is_absolute():
+            uri = f"sqlite:///{layout.root / rel}"
+    return uri
+
+
+def _check_reachable(uri: str) -> None:
+    """Fail before training starts, naming the setting to change."""
+    hint = "change tracking.uri in params.yaml (default: sqlite:///mlflow.db at the project root)"
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        if not db.parent.is_dir():
+            raise TrackingError(f"MLflow database folder '{db.parent}' does not exist; {hint}")
+        if not os.access(db.parent, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
+            raise TrackingError(f"MLflow database '{db}' is not writable; {hint}")
+    elif uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()
+        except OSError as exc:
+            raise TrackingError(f"MLflow tracking server {uri} is unreachable ({exc}); {hint}") from None
+    elif uri.startswith("file:") or "://" not in uri:
+        raise TrackingError(f"tracking.uri='{uri}': MLflow 3 no longer supports the file store; {hint}")
+
+
+def setup_tracking(cfg: TrackingConfig, layout: Layout) -> str:
+    """Point MLflow at the configured store, creating the database once (under a lock)."""
+    import mlflow
+    from filelock import FileLock
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    uri = tracking_uri(cfg, layout)
+    _check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    lock = layout.root / ".mlflow.lock"
+    try:
+        with FileLock(str(lock), timeout=600):
+            mlflow.set_experiment(cfg.experiment)
+    except Exception as exc:  # any store failure must end in one readable line
+        raise TrackingError(f"could not open MLflow store {uri}: {type(exc).__name__}: {exc}"[:500]) from None
+    return uri
+
+
+def git_commit(root: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def params_hash(params: Params) -> str:
+    return hashlib.sha256(params.model_dump_json().encode()).hexdigest()[:12]
+
+
+def base_tags(layout: Layout, params: Params, stage: str, **extra: str) -> dict[str, str]:
+    return {"git_commit": git_commit(layout.root), "dvc_stage": stage, "params_hash": params_hash(params),
+            **{k: str(v) for k, v in extra.items()}}
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+@contextmanager
+def start_run(name: str, tags: dict[str, str], params: dict[str, Any] | None = None, nested: bool = False) -> Iterator[Any]:
+    import mlflow
+
+    with mlflow.start_run(run_name=name, tags=tags, nested=nested) as run:
+        if params:
+            flat = {k: ("null" if v is None else v) for k, v in flatten(params).items()}
+            items = list(flat.items())
+            for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+                mlflow.log_params(dict(items[i:i + 100]))
+        yield run
+
+
+class EpochLogger:
+    """Training-loop callback: one MLflow metrics batch per epoch, step = epoch."""
+
+    def __init__(self, prefix: str = ""):
+        self.prefix = prefix
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        import mlflow
+
+        step = int(record["epoch"])
+        mlflow.log_metrics({self.prefix + k: float(v) for k, v in record.items() if k != "epoch"}, step=step)

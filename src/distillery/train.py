@@ -1,0 +1,244 @@
+"""One training loop for teacher, distilled student and plain ViT.
+
+The loop knows nothing about MLflow or Optuna: it reports each epoch to callbacks, which may
+log it or raise to stop (a pruned trial). It checkpoints every epoch and resumes from the
+checkpoint when the same run (same fingerprint) is started again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from .augment import BatchAugment, Normalizer
+from .config import AugmentConfig, TrainConfig
+from .data import Prepared
+from .errors import TrainingError
+from .losses import DistillLoss, soft_target_ce
+from .models import split_heads
+
+EpochCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What one training run needs beyond the model and the data."""
+
+    epochs: int
+    lr: float
+    weight_decay: float
+    train: TrainConfig
+    augment: AugmentConfig
+    loss: DistillLoss = field(default_factory=DistillLoss)
+    seed: int = 0
+
+    def fingerprint(self, extra: dict[str, Any] | None = None) -> str:
+        blob = json.dumps({"recipe": _jsonable(asdict(self)), "extra": extra or {}}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump()
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    return obj
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("train.device='cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """timm's Mixup and RandomErasing draw from numpy's and Python's global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return gen
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return torch.autocast(device_type="cpu", enabled=False)
+
+
+@torch.no_grad()
+def predict(net: nn.Module, x_uint8: np.ndarray | torch.Tensor, normalizer: Normalizer, batch_size: int,
+            device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits of the class head and (distilled ViT only) the distillation head, on CPU, float32."""
+    net.eval()
+    x_all = torch.from_numpy(np.array(x_uint8))  # copy: the memory map is read-only
+    cls_out, dist_out = [], []
+    for start in range(0, len(x_all), batch_size):
+        x = normalizer(x_all[start:start + batch_size].to(device, non_blocking=True))
+        with _autocast(device):
+            z_c, z_d = split_heads(net, x)
+        cls_out.append(z_c.float().cpu())
+        if z_d is not None:
+            dist_out.append(z_d.float().cpu())
+    return torch.cat(cls_out), (torch.cat(dist_out) if dist_out else None)
+
+
+def _val_metrics(net: nn.Module, data: Prepared, normalizer: Normalizer, batch_size: int,
+                 device: torch.device) -> dict[str, float]:
+    split = data.splits["val"]
+    z_c, z_d = predict(net, split.x, normalizer, batch_size, device)
+    y = torch.as_tensor(split.y)
+    logits = z_c if z_d is None else (z_c + z_d) / 2  # the inference rule: average the heads
+    out = {"val_loss": float(soft_target_ce(logits, y)), "val_acc": float((logits.argmax(1) == y).float().mean())}
+    if z_d is not None:
+        out["val_acc_cls"] = float((z_c.argmax(1) == y).float().mean())
+        out["val_acc_dist"] = float((z_d.argmax(1) == y).float().mean())
+    return out
+
+
+def _rng_state(gen: torch.Generator) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "gen": gen.get_state(), "numpy": np.random.get_state(),
+             "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(gen: torch.Generator, state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    gen.set_state(state["gen"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def fit(net: nn.Module, data: Prepared, recipe: Recipe, *, teacher: nn.Module | None = None,
+        callbacks: list[EpochCallback] = (), checkpoint: Path | None = None, desc: str = "train",
+        fingerprint_extra: dict[str, Any] | None = None, progress: bool = True) -> list[dict[str, Any]]:
+    """Train `net` in place; return the per-epoch history. Resumes from `checkpoint` if it matches."""
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+
+    loss_fn = recipe.loss
+    if loss_fn.needs_teacher and teacher is None:
+        raise TrainingError(f"loss '{loss_fn.kind}' needs a teacher model")
+    device = resolve_device(recipe.train.device)
+    gen = seed_everything(recipe.seed)
+    net.to(device)
+    if hasattr(net, "set_distilled_training"):
+        net.set_distilled_training(loss_fn.needs_teacher)
+    if teacher is not None:
+        teacher.to(device).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+
+    train = data.splits["train"]
+    n = len(train.y)
+    batch_size = min(recipe.train.batch_size, n)
+    steps_per_epoch = max(1, n // batch_size)  # drop the ragged last batch: mixup needs even batches
+    optimizer = create_optimizer_v2(net, opt=recipe.train.optimizer, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched="cosine", num_epochs=recipe.epochs, warmup_epochs=min(recipe.train.warmup_epochs, recipe.epochs - 1),
+        min_lr=recipe.train.min_lr, warmup_lr=recipe.lr * 0.01, step_on_epochs=False, updates_per_epoch=steps_per_epoch,
+    )
+    normalizer = Normalizer(data.mean, data.std, device)
+    augment = BatchAugment(recipe.augment, data.num_classes, recipe.train.label_smoothing, normalizer, device)
+    x_train = torch.from_numpy(np.array(train.x)).to(device)  # copy: the memory map is read-only
+    y_train = torch.as_tensor(train.y).to(device)
+
+    fingerprint = recipe.fingerprint(fingerprint_extra)
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        if state.get("fingerprint") == fingerprint:
+            net.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            _set_rng_state(gen, state["rng"])
+            history = state["history"]
+            start_epoch = state["epoch"] + 1
+            if start_epoch < recipe.epochs:
+                print(f"{desc}: resuming from {checkpoint} at epoch {start_epoch + 1}/{recipe.epochs}")
+
+    bar = tqdm(range(start_epoch, recipe.epochs), desc=desc, unit="ep", disable=not progress, dynamic_ncols=True,
+               initial=start_epoch, total=recipe.epochs)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        net.train()
+        perm = torch.randperm(n, generator=gen).to(device)
+        loss_sum = torch.zeros((), device=device)
+        parts_sum: dict[str, torch.Tensor] = {}
+        correct = torch.zeros((), device=device)
+        for step in range(steps_per_epoch):
+            idx = perm[step * batch_size:(step + 1) * batch_size]
+            x, target = augment(x_train[idx], y_train[idx], gen)
+            with _autocast(device):
+                outputs = net(x)
+                teacher_logits = None
+                if loss_fn.needs_teacher:
+                    with torch.no_grad():
+                        teacher_logits = teacher(x).float()
+            outputs = tuple(o.float() for o in outputs) if isinstance(outputs, tuple) else outputs.float()
+            parts = loss_fn(outputs, target, teacher_logits)
+            loss = parts["loss"]
+            # A CPU check costs nothing; on GPU it would sync every step, so check once per epoch there.
+            if device.type == "cpu" and not torch.isfinite(loss):
+                raise TrainingError(f"{desc}: loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                                    "lower the learning rate or enable train.grad_clip")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if recipe.train.grad_clip:
+                nn.utils.clip_grad_norm_(net.parameters(), recipe.train.grad_clip)
+            optimizer.step()
+            scheduler.step_update(epoch * steps_per_epoch + step + 1)
+            loss_sum += loss.detach()
+            for k, v in parts.items():
+                parts_sum[k] = parts_sum.get(k, 0) + v.detach()
+            z_c = outputs[0] if isinstance(outputs, tuple) else outputs
+            correct += (z_c.argmax(1) == target.argmax(1)).sum()
+        scheduler.step(epoch + 1)
+        train_loss = float(loss_sum) / steps_per_epoch
+        if not math.isfinite(train_loss):
+            raise TrainingError(f"{desc}: loss became {train_loss} in epoch {epoch + 1}; lower the learning rate "
+                                "or enable train.grad_clip")
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "train_acc": float(correct) / (steps_per_epoch * batch_size),
+            **{f"train_{k}": float(v) / steps_per_epoch for k, v in parts_sum.items() if k != "loss"},
+            **_val_metrics(net, data, normalizer, recipe.train.eval_batch_size, device),
+            "lr": optimizer.param_groups[0]["lr"],
+            "epoch_seconds": time.perf_counter() - t0,
+        }
+        history.append(record)
+        bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{record['val_acc']:.3f}")
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, net, optimizer, scheduler, gen, history, epoch, fingerprint)
+        for cb in callbacks:
+            cb(record)
+    bar.close()
+    return history
+
+
+def _save_checkpoint(path: Path, net, optimizer, scheduler, gen, history, epoch, fingerprint) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": _rng_state(gen), "history": history, "epoch": epoch, "fingerprint": fingerprint}, tmp)
+    tmp.replace(path)  # atomic: a kill during the write leaves the previous checkpoint intact
