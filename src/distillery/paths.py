@@ -62,5 +62,18 @@ class Layout:
     def reports(self) -> Path:
         return self.root / "reports"
 
+    @property
+    def home(self) -> Path:
+        """The user's project folder, even inside a queued `dvc exp` workspace.
+
+        DVC runs queued experiments in <project>/.dvc/tmp/exps/<tmp>/; their MLflow runs belong in
+        the project's database, not in a copy that is deleted afterwards.
+        """
+        parts = self.root.parts
+        for i in range(len(parts) - 3):
+            if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+                return Path(*parts[:i])
+        return self.root
+
     def default_tracking_uri(self) -> str:
-        return f"sqlite:///{self.root / 'mlflow.db'}"
+        return f"sqlite:///{self.home / 'mlflow.db'}"

@@ -22,7 +22,7 @@ def tracking_uri(cfg: TrackingConfig, layout: Layout) -> str:
         # a relative sqlite path is relative to the project root, not to wherever DVC runs us
         rel = uri[len("sqlite:///"):]
         if not Path(rel).is_absolute():
-            uri = f"sqlite:///{layout.root / rel}"
+            uri = f"sqlite:///{layout.home / rel}"
     return uri
 
 
@@ -55,7 +55,7 @@ def setup_tracking(cfg: TrackingConfig, layout: Layout) -> str:
     uri = tracking_uri(cfg, layout)
     _check_reachable(uri)
     mlflow.set_tracking_uri(uri)
-    lock = layout.root / ".mlflow.lock"
+    lock = layout.home / ".mlflow.lock"
     try:
         with FileLock(str(lock), timeout=600):
             mlflow.set_experiment(cfg.experiment)

@@ -1,0 +1,77 @@
+"""params.yaml validation: the shipped file equals the defaults; bad values name the key."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distillery.config import Params, check_model_names, load_params, parse_params
+from distillery.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_params_equal_schema_defaults():
+    assert load_params(ROOT / "params.yaml") == Params()
+
+
+def test_empty_params_give_defaults():
+    assert parse_params({}) == Params()
+
+
+def with_value(dotted, value):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    node = raw
+    *parents, last = dotted.split(".")
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    return raw
+
+
+@pytest.mark.parametrize("dotted, value, expected", [
+    ("data.sorce", "digits", "did you mean 'data.source'"),
+    ("sead", 1, "did you mean 'seed'"),
+    ("data.source", "imagenet", "data.source='imagenet'"),
+    ("data.image_size", "big", "data.image_size='big'"),
+    ("data.val_fraction", 0.85, "leaves no training data"),
+    ("data.test_fraction", 1.2, "data.test_fraction=1.2"),
+    ("train.batch_size", 0, "train.batch_size=0"),
+    ("teacher.epochs", 0, "teacher.epochs=0"),
+    ("final.epochs", -3, "final.epochs=-3"),
+    ("distill.soft.alpha", {"low": 0.2, "high": 1.5}, "leaves [0, 1]"),
+    ("distill.hard.alpha", {"low": 0.8, "high": 0.2}, "low=0.8 > high=0.2"),
+    ("distill.soft.tau", {"low": 0.0, "high": 4.0}, "tau > 0"),
+    ("distill.soft.kl_reduction", "mean", "distill.soft.kl_reduction='mean'"),
+    ("student.patch_size", 3, "not divisible by student.patch_size=3"),
+    ("student.model", "deit_tiny_patch16_224", "not a distilled variant"),
+    ("student.baseline_model", "deit_tiny_distilled_patch16_224", "has a distillation token"),
+    ("student.num_heads", 5, "not divisible by student.num_heads=5"),
+    ("sweep.pruner", "random", "sweep.pruner='random'"),
+    ("sweep.n_trials", 0, "sweep.n_trials=0"),
+    ("data.source", "folder", "data.path is required"),
+])
+def test_bad_values_name_the_key(dotted, value, expected):
+    with pytest.raises(ConfigError) as info:
+        parse_params(with_value(dotted, value))
+    assert expected in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_timm_model_is_refused_with_a_suggestion():
+    params = parse_params(with_value("teacher.model", "resnet1"))
+    with pytest.raises(ConfigError, match="teacher.model='resnet1' is not a timm model"):
+        check_model_names(params)
+
+
+def test_stage_reports_bad_params_in_one_line_without_traceback(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(with_value("train.batch_size", 0)))
+    proc = subprocess.run([sys.executable, str(ROOT / "pipeline" / "prepare.py"), "--params", str(bad)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "train.batch_size=0" in lines[0]

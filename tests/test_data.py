@@ -1,0 +1,137 @@
+"""Sources, the stratified split and the prepared format."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from distillery.config import DataConfig
+from distillery.data import (
+    RawDataset,
+    load_digits_source,
+    load_folder_source,
+    load_prepared,
+    save_prepared,
+    stratified_split,
+    summarize,
+)
+from distillery.errors import DataError
+
+
+def labels_fixture():
+    rng = np.random.default_rng(0)
+    return np.concatenate([np.full(n, c) for c, n in enumerate([50, 31, 7, 3, 120])])[rng.permutation(211)]
+
+
+def test_split_is_deterministic_for_a_seed():
+    labels = labels_fixture()
+    a = stratified_split(labels, 0.15, 0.2, seed=3)
+    b = stratified_split(labels, 0.15, 0.2, seed=3)
+    c = stratified_split(labels, 0.15, 0.2, seed=4)
+    assert all(np.array_equal(a[s], b[s]) for s in a)
+    assert not all(np.array_equal(a[s], c[s]) for s in a)
+
+
+def test_split_is_disjoint_and_complete():
+    labels = labels_fixture()
+    idx = stratified_split(labels, 0.15, 0.2, seed=0)
+    all_idx = np.concatenate(list(idx.values()))
+    assert len(all_idx) == len(set(all_idx.tolist())) == len(labels)
+
+
+def test_split_is_stratified_and_every_class_in_every_split():
+    labels = labels_fixture()
+    idx = stratified_split(labels, 0.15, 0.2, seed=0)
+    for cls, n in enumerate(np.bincount(labels)):
+        n_test = (labels[idx["test"]] == cls).sum()
+        n_val = (labels[idx["val"]] == cls).sum()
+        assert n_test >= 1 and n_val >= 1 and (labels[idx["train"]] == cls).sum() >= 1
+        if n >= 50:  # proportions hold to rounding for the large classes
+            assert abs(n_test - 0.2 * n) <= 1 and abs(n_val - 0.15 * n) <= 1
+
+
+def test_split_refuses_a_class_with_fewer_than_three_images():
+    labels = np.array([0] * 10 + [1] * 2)
+    with pytest.raises(DataError, match="fewer than 3"):
+        stratified_split(labels, 0.15, 0.2, seed=0)
+
+
+def test_digits_source_is_resized_and_grayscale():
+    raw = load_digits_source(16)
+    assert raw.images.shape == (1797, 1, 16, 16) and raw.images.dtype == np.uint8
+    assert len(raw.classes) == 10 and raw.images.max() > 200
+
+
+def test_fraction_sum_must_leave_training_data():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        DataConfig(val_fraction=0.5, test_fraction=0.5)
+
+
+def test_prepared_roundtrip(tmp_path):
+    raw = RawDataset(np.random.default_rng(0).integers(0, 255, (60, 3, 8, 8), dtype=np.uint8),
+                     np.repeat(np.arange(3), 20), ["a", "b", "c"])
+    idx = stratified_split(raw.labels, 0.2, 0.2, seed=0)
+    meta = save_prepared(raw, idx, tmp_path, "unit")
+    prepared = load_prepared(tmp_path)
+    assert prepared.classes == ["a", "b", "c"] and prepared.channels == 3 and prepared.image_size == 8
+    np.testing.assert_array_equal(prepared.splits["test"].x, raw.images[idx["test"]])
+    assert json.loads((tmp_path / "classes.json").read_text()) == ["a", "b", "c"]
+    summary = summarize(raw, idx, meta)
+    assert sum(summary["counts"].values()) == 60
+    assert sum(v["train"] for v in summary["per_class"].values()) == summary["counts"]["train"]
+
+
+def _write_folder(root, spec):
+    """spec: {class: [(mode, size), ...]}"""
+    for cls, items in spec.items():
+        d = root / cls
+        d.mkdir(parents=True)
+        for i, (mode, size) in enumerate(items):
+            color = 128 if mode in ("L", "P", "I;16") else (200, 30, 30, 255)[: len(mode)]
+            Image.new(mode, size, color).save(d / f"img{i}.png")
+
+
+def test_folder_source_mixed_modes_become_rgb(tmp_path):
+    _write_folder(tmp_path, {"cat": [("RGB", (40, 30)), ("RGBA", (20, 20)), ("L", (64, 64))],
+                             "dog": [("P", (30, 30)), ("RGB", (50, 50)), ("I;16", (16, 16))]})
+    raw = load_folder_source(tmp_path, 12)
+    assert raw.images.shape == (6, 3, 12, 12)
+    assert raw.classes == ["cat", "dog"] and raw.labels.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_folder_source_all_gray_stays_one_channel(tmp_path):
+    _write_folder(tmp_path, {"a": [("L", (20, 20))] * 3, "b": [("L", (20, 20))] * 3})
+    assert load_folder_source(tmp_path, 8).images.shape == (6, 1, 8, 8)
+
+
+def test_folder_source_skips_corrupt_and_non_images(tmp_path):
+    _write_folder(tmp_path, {"a": [("RGB", (20, 20))] * 3, "b": [("RGB", (20, 20))] * 3})
+    (tmp_path / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (tmp_path / "b" / "notes.txt").write_text("hello")
+    raw = load_folder_source(tmp_path, 8)
+    assert len(raw.labels) == 6
+    reasons = {s["file"]: s["reason"] for s in raw.skipped}
+    assert "unreadable" in reasons["a/broken.jpg"] and reasons["b/notes.txt"] == "not an image file"
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "empty_class", "single_class"])
+def test_folder_source_refuses_unusable_folders(tmp_path, case):
+    root = tmp_path / "data"
+    if case == "empty":
+        root.mkdir()
+    elif case == "empty_class":
+        _write_folder(root, {"a": [("RGB", (8, 8))] * 3})
+        (root / "b").mkdir()
+    elif case == "single_class":
+        _write_folder(root, {"a": [("RGB", (8, 8))] * 3})
+    with pytest.raises(DataError) as info:
+        load_folder_source(root, 8)
+    assert str(root) in str(info.value) or "only one class" in str(info.value)
+
+
+def test_prepared_missing_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="run the prepare stage"):
+        load_prepared(tmp_path / "nothing")

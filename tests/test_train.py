@@ -1,0 +1,153 @@
+"""The training loop: it learns, the teacher sees the student's exact batch, resume is exact."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from distillery.config import AugmentConfig, StudentConfig, TrainConfig
+from distillery.data import Prepared, Split
+from distillery.errors import TrainingError
+from distillery.losses import DistillLoss
+from distillery.models import vit_spec
+from distillery.train import Recipe, fit
+
+STUDENT = StudentConfig(patch_size=4, embed_dim=32, depth=2, num_heads=2, drop_path=0.0)
+
+
+def toy_data(n_per_class=24, classes=3, size=8, seed=0):
+    """Class c is a bright square in corner c: learnable in a few epochs."""
+    rng = np.random.default_rng(seed)
+    x, y = [], []
+    for c in range(classes):
+        for _ in range(n_per_class):
+            img = rng.integers(0, 40, (1, size, size), dtype=np.uint8)
+            r, col = divmod(c, 2)
+            img[0, r * 4:r * 4 + 4, col * 4:col * 4 + 4] = 220
+            x.append(img)
+            y.append(c)
+    x, y = np.stack(x), np.array(y)
+    perm = rng.permutation(len(y))
+    x, y = x[perm], y[perm]
+    n_val = len(y) // 4
+    splits = {"train": Split(x[n_val:], y[n_val:]), "val": Split(x[:n_val], y[:n_val]), "test": Split(x[:n_val], y[:n_val])}
+    return Prepared(splits, [str(c) for c in range(classes)], [0.2], [0.3])
+
+
+def recipe(epochs=3, loss=DistillLoss("none"), augment=None, **train):
+    return Recipe(epochs=epochs, lr=3e-3, weight_decay=0.0, train=TrainConfig(batch_size=16, warmup_epochs=0, **train),
+                  augment=augment or AugmentConfig(translate=0), loss=loss, seed=0)
+
+
+def build(distilled):
+    spec = vit_spec("s", STUDENT.model if distilled else STUDENT.baseline_model, 8, 1, 3, STUDENT)
+    torch.manual_seed(0)
+    return spec.build()
+
+
+def test_the_loop_learns_the_toy_task():
+    import timm
+
+    torch.manual_seed(0)
+    net = timm.create_model("distillery_cnn_small", in_chans=1, num_classes=3)
+    history = fit(net, toy_data(), recipe(epochs=3), progress=False)
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[-1]["val_acc"] > 0.9
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+class RecordingTeacher(nn.Module):
+    def __init__(self, classes=3):
+        super().__init__()
+        self.seen = []
+        self.proj = nn.Linear(1, classes)
+
+    def forward(self, x):
+        self.seen.append(x.detach().clone())
+        return self.proj(x.mean(dim=(1, 2, 3))[:, None])
+
+
+class RecordingStudent(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.seen = []
+        self.head_dist = inner.head_dist  # marks it as distilled for evaluation
+
+    def set_distilled_training(self, enable):
+        self.inner.set_distilled_training(enable)
+
+    def forward_features(self, x):
+        return self.inner.forward_features(x)
+
+    @property
+    def head(self):
+        return self.inner.head
+
+    def forward(self, x):
+        if self.training:
+            self.seen.append(x.detach().clone())
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("kind", ["soft", "hard"])
+def test_teacher_scores_exactly_the_augmented_mixed_batch(kind):
+    teacher, student = RecordingTeacher(), RecordingStudent(build(True))
+    aug = AugmentConfig(translate=2, hflip=True, mixup=0.8, cutmix=1.0, random_erasing=0.5)
+    fit(student, toy_data(), recipe(epochs=1, loss=DistillLoss(kind, 0.5, 2.0), augment=aug), teacher=teacher,
+        progress=False)
+    assert len(teacher.seen) == len(student.seen) > 0
+    for t, s in zip(teacher.seen, student.seen):
+        torch.testing.assert_close(t, s, rtol=0, atol=0)
+    raw = toy_data().splits["train"].x
+    assert not any(torch.equal(s[:, :1], torch.as_tensor(raw[:16]).float()) for s in student.seen)  # it was augmented
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
+    data, r = toy_data(), recipe(epochs=4, loss=DistillLoss("none"), augment=AugmentConfig(translate=1, mixup=0.5))
+    full = fit(build(False), data, r, checkpoint=tmp_path / "full.pt", progress=False)
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_two(record):
+        if record["epoch"] == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        fit(build(False), data, r, checkpoint=tmp_path / "cut.pt", callbacks=[stop_after_two], progress=False)
+    resumed_net = build(False)
+    resumed = fit(resumed_net, data, r, checkpoint=tmp_path / "cut.pt", progress=False)
+    drop = ("epoch_seconds",)
+    assert [{k: v for k, v in h.items() if k not in drop} for h in resumed] == \
+           [{k: v for k, v in h.items() if k not in drop} for h in full]
+
+
+def test_checkpoint_of_another_recipe_is_not_resumed(tmp_path):
+    data = toy_data()
+    fit(build(False), data, recipe(epochs=2), checkpoint=tmp_path / "c.pt", progress=False)
+    history = fit(build(False), data, recipe(epochs=3), checkpoint=tmp_path / "c.pt", progress=False)
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+
+
+class TurnsNaN(nn.Module):
+    """A model whose outputs become NaN from its third training call on."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.calls = inner, 0
+
+    def forward(self, x):
+        self.calls += self.training
+        out = self.inner(x)
+        return out * float("nan") if self.calls >= 3 else out
+
+
+def test_nan_loss_stops_with_a_clear_message():
+    with pytest.raises(TrainingError, match="loss became nan at epoch 1, step 3"):
+        fit(TurnsNaN(build(False)), toy_data(), recipe(epochs=2), progress=False)
+
+
+def test_distillation_without_teacher_is_refused():
+    with pytest.raises(TrainingError, match="needs a teacher"):
+        fit(build(True), toy_data(), recipe(loss=DistillLoss("hard")), progress=False)
