@@ -29,7 +29,8 @@ def body(ctx: StageContext) -> str:
     teacher, _, _ = load_model(layout.models / "teacher.pt")
     setup_tracking(p.tracking, layout)
     m = train_final_models(p, layout, data, name=f"deit_{kind}", stage=f"distill@{kind}", loss=loss, teacher=teacher,
-                           extra_tags={"loss_type": kind, "model_kind": "student"})
+                           extra_tags={"loss_type": kind, "model_kind": "student"},
+                           lr=best.get("lr"), weight_decay=best.get("weight_decay"))
     return f"deit_{kind} (alpha={loss.alpha:.3g}, tau={loss.tau:.3g}): mean val acc {m['val_acc_mean']:.4f} over {len(p.final.seeds)} seed(s)"
 
 

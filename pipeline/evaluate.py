@@ -1,7 +1,8 @@
 """Stage evaluate: every model on the held-out test split.
 
 Writes metrics/evaluation.json (accuracies and sizes: deterministic on CPU),
-metrics/throughput.json (timings: never byte-identical) and metrics/test_predictions.csv.
+metrics/throughput.json (timings: never byte-identical), metrics/token_cosine.json (class vs
+distillation token per layer) and metrics/test_predictions.csv.
 """
 
 from distillery.cli import StageContext, main_for
@@ -16,6 +17,7 @@ def body(ctx: StageContext) -> str:
     result = evaluate_all(layout.models, data, p.train, p.evaluate.throughput_repeats)
     write_json(layout.metrics / "evaluation.json", result.metrics)
     write_json(layout.metrics / "throughput.json", result.throughput)
+    write_json(layout.metrics / "token_cosine.json", result.token_cosine)
     result.predictions.to_csv(layout.metrics / "test_predictions.csv", index=False)
     parts = [f"{name} {m['test_acc']:.4f}" for name, m in result.metrics.items()]
     return "test acc: " + ", ".join(parts)

@@ -16,7 +16,7 @@ from distillery.errors import TrainingError
 from distillery.models import load_model
 from distillery.recipes import make_loss, student_recipe, student_spec
 from distillery.runs import write_history_csv, write_json
-from distillery.sweep import file_digest, open_study, run_study, study_name, suggest_loss_params
+from distillery.sweep import TUNED, file_digest, open_study, param_importance, run_study, study_name, suggest_loss_params
 from distillery.tracking import EpochLogger, base_tags, setup_tracking, start_run
 from distillery.train import fit
 
@@ -64,7 +64,8 @@ def body(ctx: StageContext) -> str:
         with start_run(f"{kind}-trial-{trial.number}", {**tags, "trial_number": str(trial.number)},
                        {"loss": kind, **hp, "epochs": p.sweep.epochs}, nested=True):
             try:
-                history = fit(net, data, student_recipe(p, loss, p.sweep.epochs, p.seed), teacher=teacher,
+                recipe = student_recipe(p, loss, p.sweep.epochs, p.seed, hp.get("lr"), hp.get("weight_decay"))
+                history = fit(net, data, recipe, teacher=teacher,
                               callbacks=[EpochLogger(), prune_check], desc=f"{kind} trial {trial.number}")
             except TrainingError as exc:
                 trial.set_user_attr("prune_reason", f"failed: {exc}")
@@ -81,8 +82,9 @@ def body(ctx: StageContext) -> str:
             raise TrainingError(f"sweep@{kind}: no trial completed; see the prune reasons in MLflow")
         mlflow.log_metrics({"best_val_acc": result.best["val_acc"], "n_trials": len(result.trials)})
     write_json(out_dir / "best.json", {"loss": kind, **result.best})
+    write_json(out_dir / "importance.json", param_importance(study))
     write_history_csv(out_dir / "trials.csv", result.trials)
-    hp = ", ".join(f"{k}={result.best[k]:.3g}" for k in ("alpha", "tau") if k in result.best)
+    hp = ", ".join(f"{k}={result.best[k]:.3g}" for k in TUNED if k in result.best)
     return f"{kind}: best {hp} (val {result.best['val_acc']:.4f}) over {len(result.trials)} trials"
 
 

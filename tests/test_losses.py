@@ -111,3 +111,44 @@ def test_gradients_flow_to_both_heads_only_through_their_terms():
     DistillLoss("soft", alpha=0.0)((z_c, z_d), Y, Z_T)["loss"].backward()
     assert z_d.grad.abs().sum().item() == 0.0  # λ=0: the distillation head gets no signal
     assert z_c.grad.abs().sum().item() > 0.0
+
+
+class _FixedStudent(torch.nn.Module):
+    """Returns preset (class, distillation) logits; what timm's task needs of a DeiT student."""
+
+    pretrained_cfg = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+    num_classes = 5
+    in_chans = 3
+
+    def __init__(self, z_c, z_d):
+        super().__init__()
+        self.z = (z_c, z_d)
+
+    def set_distilled_training(self, enable=True):
+        pass
+
+    def forward(self, x):
+        return self.z
+
+
+class _FixedTeacher(torch.nn.Module):
+    def __init__(self, z_t):
+        super().__init__()
+        self.z_t = z_t
+
+    def forward(self, x):
+        return self.z_t
+
+
+@pytest.mark.parametrize("kind, alpha, tau", [("soft", 0.5, 1.0), ("soft", 0.3, 3.0), ("hard", 0.5, 1.0), ("hard", 0.8, 1.0)])
+def test_batchmean_losses_agree_with_timms_token_distillation_task(kind, alpha, tau):
+    from timm.task import TokenDistillationTask
+
+    g = torch.Generator().manual_seed(0)
+    z_c, z_d, z_t = (torch.randn(6, 5, generator=g) for _ in range(3))
+    y = torch.randint(0, 5, (6,), generator=g)
+    task = TokenDistillationTask(_FixedStudent(z_c, z_d), _FixedTeacher(z_t), criterion=torch.nn.CrossEntropyLoss(),
+                                 distill_type=kind, task_loss_weight=1 - alpha, temperature=tau, verbose=False)
+    theirs = task(torch.zeros(6, 3, 4, 4), y)["loss"]
+    ours = DistillLoss(kind, alpha=alpha, tau=tau, kl_reduction="batchmean")((z_c, z_d), y, z_t)["loss"]
+    torch.testing.assert_close(ours, theirs)

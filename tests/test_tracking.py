@@ -1,7 +1,5 @@
 """Where MLflow writes, and clear errors when it cannot."""
 
-from pathlib import Path
-
 import pytest
 
 from distillery.config import TrackingConfig
@@ -18,15 +16,19 @@ def test_relative_sqlite_uri_is_anchored_on_the_project(tmp_path):
     assert tracking_uri(TrackingConfig(uri="sqlite:///runs/x.db"), Layout(tmp_path)) == f"sqlite:///{tmp_path / 'runs/x.db'}"
 
 
-def test_queued_experiment_logs_into_the_projects_database(tmp_path):
+def test_queued_experiment_logs_into_the_projects_database(monkeypatch, tmp_path):
     workspace = tmp_path / ".dvc" / "tmp" / "exps" / "tmpabc123"
-    assert Layout(workspace).home == tmp_path
-    assert tracking_uri(TrackingConfig(), Layout(workspace)) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # what DVC sets for a queued experiment
+    layout = Layout(workspace)
+    assert layout.home == tmp_path.resolve() and layout.prepared == workspace / "data" / "prepared"
+    assert tracking_uri(TrackingConfig(), layout) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
 
 
-def test_dvc_root_wins(monkeypatch, tmp_path):
-    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    assert project_root(Path("/")) == tmp_path.resolve()
+def test_outputs_follow_the_workspace_not_dvc_root(monkeypatch, tmp_path):
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "ws" / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.setenv("DVC_ROOT", "/somewhere/else")
+    assert project_root(tmp_path / "ws") == (tmp_path / "ws").resolve()
 
 
 @pytest.mark.parametrize("uri, expected", [

@@ -7,8 +7,10 @@ timm's implementations. The augmented batch is what both the student and the tea
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from .config import AugmentConfig
 from .losses import smoothed_one_hot
@@ -52,6 +54,12 @@ class BatchAugment:
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
         self.normalize = normalizer
+        self.randaugment = None
+        if cfg.randaugment:
+            from timm.data.auto_augment import rand_augment_transform
+
+            fill = tuple(int(round(m * 255)) for m in normalizer.mean.flatten().tolist())
+            self.randaugment = rand_augment_transform(cfg.randaugment, {"img_mean": fill})
         self.mixup = None
         if cfg.mixup > 0 or cfg.cutmix > 0:
             from timm.data import Mixup
@@ -64,7 +72,19 @@ class BatchAugment:
 
             self.erasing = RandomErasing(probability=cfg.random_erasing, mode="pixel", device=str(device))
 
+    def _apply_randaugment(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        """timm's RandAugment works on PIL images: one at a time, on the CPU."""
+        imgs = x_uint8.cpu().numpy()
+        out = np.empty_like(imgs)
+        for i, img in enumerate(imgs):
+            pil = Image.fromarray(img[0], "L") if img.shape[0] == 1 else Image.fromarray(img.transpose(1, 2, 0), "RGB")
+            arr = np.asarray(self.randaugment(pil))
+            out[i] = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        return torch.from_numpy(out).to(x_uint8.device)
+
     def __call__(self, x_uint8: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.randaugment is not None:
+            x_uint8 = self._apply_randaugment(x_uint8)
         x = self.normalize(x_uint8)
         x = random_translate(x, self.cfg.translate, gen)
         if self.cfg.hflip:

@@ -48,12 +48,20 @@ class DataConfig(_Section):
 
 
 class AugmentConfig(_Section):
+    randaugment: str | None = None
     translate: int = Field(2, ge=0)
     hflip: bool = False
     mixup: float = Field(0.0, ge=0.0)
     cutmix: float = Field(0.0, ge=0.0)
     mix_prob: float = Field(1.0, ge=0.0, le=1.0)
     random_erasing: float = Field(0.0, ge=0.0, le=1.0)
+
+    @field_validator("randaugment")
+    @classmethod
+    def _randaugment_spec(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("rand-"):
+            raise ValueError(f"'{v}' is not a timm RandAugment spec; allowed: null or e.g. 'rand-m9-mstd0.5-inc1'")
+        return v
 
 
 class TrainConfig(_Section):
@@ -126,7 +134,28 @@ def _alpha_in_unit(v: RangeSpec) -> RangeSpec:
     return v
 
 
-class HardLossConfig(_Section):
+class _LossSearch(_Section):
+    """Optional extra sweep dimensions: student lr and weight decay (null keeps student.lr/weight_decay)."""
+
+    lr: RangeSpec | None = None
+    weight_decay: RangeSpec | None = None
+
+    @field_validator("lr")
+    @classmethod
+    def _lr_positive(cls, v: RangeSpec | None) -> RangeSpec | None:
+        if v is not None and v.low <= 0:
+            raise ValueError(f"lr range starts at {v.low:g}; allowed: lr > 0")
+        return v
+
+    @field_validator("weight_decay")
+    @classmethod
+    def _wd_nonnegative(cls, v: RangeSpec | None) -> RangeSpec | None:
+        if v is not None and v.low < 0:
+            raise ValueError(f"weight_decay range starts at {v.low:g}; allowed: >= 0")
+        return v
+
+
+class HardLossConfig(_LossSearch):
     """Hard distillation: λ is searched in `alpha`; there is no temperature."""
 
     alpha: RangeSpec = RangeSpec(low=0.1, high=0.9)
@@ -137,7 +166,7 @@ class HardLossConfig(_Section):
         return _alpha_in_unit(v)
 
 
-class SoftLossConfig(_Section):
+class SoftLossConfig(_LossSearch):
     """Soft distillation: λ and τ are searched in `alpha` and `tau`."""
 
     alpha: RangeSpec = RangeSpec(low=0.1, high=0.9)
@@ -163,15 +192,22 @@ class DistillConfig(_Section):
 
 
 class SweepConfig(_Section):
-    n_trials: int = Field(8, ge=1)
-    epochs: int = Field(10, ge=1)
+    n_trials: int = Field(6, ge=1)
+    epochs: int = Field(8, ge=1)
     pruner: Literal["median", "hyperband", "none"] = "median"
     startup_trials: int = Field(3, ge=0)
 
 
 class FinalConfig(_Section):
-    epochs: int = Field(40, ge=1)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    epochs: int = Field(30, ge=1)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"final.seeds={v} repeats a seed; allowed: distinct integers")
+        return v
 
 
 class EvaluateConfig(_Section):

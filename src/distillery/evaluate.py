@@ -56,6 +56,29 @@ def throughput(net: nn.Module, data: Prepared, train_cfg: TrainConfig, repeats: 
     return float(len(x) / np.median(times))
 
 
+@torch.no_grad()
+def token_cosine_by_layer(net: nn.Module, data: Prepared, split: str, train_cfg: TrainConfig) -> list[float]:
+    """Mean cosine similarity between the class and distillation tokens: at the input, then after each block."""
+    device = resolve_device(train_cfg.device)
+    net.to(device).eval()
+    captured: list[torch.Tensor] = []
+    hooks = [net.pos_drop.register_forward_hook(lambda m, i, o: captured.append(o))]
+    hooks += [b.register_forward_hook(lambda m, i, o: captured.append(o)) for b in net.blocks]
+    normalizer = Normalizer(data.mean, data.std, device)
+    x_all = data.splits[split].x
+    sums = torch.zeros(len(net.blocks) + 1, dtype=torch.float64)
+    try:
+        for start in range(0, len(x_all), train_cfg.eval_batch_size):
+            captured.clear()
+            net.forward_features(normalizer(torch.from_numpy(np.array(x_all[start:start + train_cfg.eval_batch_size])).to(device)))
+            for layer, tokens in enumerate(captured):
+                sums[layer] += torch.nn.functional.cosine_similarity(tokens[:, 0], tokens[:, 1], dim=-1).double().sum().cpu()
+    finally:
+        for h in hooks:
+            h.remove()
+    return (sums / len(x_all)).tolist()
+
+
 def model_summary(net: nn.Module, preds: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, Any]:
     out: dict[str, Any] = {f"test_acc_{head}": float((p == labels).mean()) for head, p in preds.items()}
     out["num_params"] = count_params(net)
@@ -77,8 +100,10 @@ MODEL_ORDER = ("teacher", "vit", "deit_soft", "deit_hard")
 
 
 class Evaluation:
-    def __init__(self, metrics: dict[str, Any], throughput: dict[str, float], predictions):
+    def __init__(self, metrics: dict[str, Any], throughput: dict[str, float], predictions,
+                 token_cosine: dict[str, list[float]]):
         self.metrics, self.throughput, self.predictions = metrics, throughput, predictions
+        self.token_cosine = token_cosine
 
 
 def _checkpoints(models_dir) -> dict[str, list[tuple[int | None, Any]]]:
@@ -105,8 +130,10 @@ def evaluate_all(models_dir, data: Prepared, train_cfg: TrainConfig, repeats: in
     metrics: dict[str, Any] = {}
     speed: dict[str, float] = {}
     teacher_pred = None
+    cosine: dict[str, list[float]] = {}
     for name, entries in _checkpoints(models_dir).items():
         per_seed = {}
+        per_seed_cosine = []
         for seed, path in entries:
             net, _, _ = load_model(path)
             preds = head_predictions(net, data, "test", train_cfg)
@@ -116,6 +143,8 @@ def evaluate_all(models_dir, data: Prepared, train_cfg: TrainConfig, repeats: in
             elif teacher_pred is not None:
                 summary["teacher_agreement"] = float((preds["avg"] == teacher_pred).mean())
             per_seed[seed] = summary
+            if hasattr(net, "head_dist"):
+                per_seed_cosine.append(token_cosine_by_layer(net, data, "test", train_cfg))
             tag = name if seed is None else f"{name}_s{seed}"
             for head, p in preds.items():
                 if head == "avg" and "dist" not in preds:
@@ -124,7 +153,9 @@ def evaluate_all(models_dir, data: Prepared, train_cfg: TrainConfig, repeats: in
             if seed is None or seed == entries[0][0]:
                 speed[name] = throughput(net, data, train_cfg, repeats)
         metrics[name] = _aggregate(per_seed)
-    return Evaluation(metrics, speed, pd.DataFrame(columns))
+        if per_seed_cosine:
+            cosine[name] = np.mean(per_seed_cosine, axis=0).tolist()
+    return Evaluation(metrics, speed, pd.DataFrame(columns), cosine)
 
 
 def _aggregate(per_seed: dict[int | None, dict[str, Any]]) -> dict[str, Any]:

@@ -1,7 +1,9 @@
-"""Where every stage reads and writes, anchored on DVC_ROOT when DVC sets it.
+"""Where every stage reads and writes.
 
-Queued `dvc exp run` executes in a temporary copy of the repository; anchoring on DVC_ROOT
-keeps every path (the MLflow database included) inside the copy DVC is running.
+Data, models and metrics live in the workspace DVC is running (the folder holding dvc.yaml,
+found from the working directory). The MLflow database lives at DVC_ROOT when DVC sets it:
+for a queued `dvc exp run`, DVC runs the stages in a temporary copy under .dvc/tmp/exps/ and
+points DVC_ROOT at the user's project, so every experiment's runs land in one database.
 """
 
 from __future__ import annotations
@@ -12,9 +14,7 @@ from pathlib import Path
 
 
 def project_root(start: Path | None = None) -> Path:
-    env = os.environ.get("DVC_ROOT")
-    if env:
-        return Path(env).resolve()
+    """The workspace: the nearest folder upwards holding dvc.yaml or params.yaml."""
     here = (start or Path.cwd()).resolve()
     for candidate in (here, *here.parents):
         if (candidate / "dvc.yaml").exists() or (candidate / "params.yaml").exists():
@@ -64,16 +64,9 @@ class Layout:
 
     @property
     def home(self) -> Path:
-        """The user's project folder, even inside a queued `dvc exp` workspace.
-
-        DVC runs queued experiments in <project>/.dvc/tmp/exps/<tmp>/; their MLflow runs belong in
-        the project's database, not in a copy that is deleted afterwards.
-        """
-        parts = self.root.parts
-        for i in range(len(parts) - 3):
-            if parts[i:i + 3] == (".dvc", "tmp", "exps"):
-                return Path(*parts[:i])
-        return self.root
+        """The user's project: DVC_ROOT when DVC sets it (the parent repo of a queued experiment)."""
+        env = os.environ.get("DVC_ROOT")
+        return Path(env).resolve() if env else self.root
 
     def default_tracking_uri(self) -> str:
         return f"sqlite:///{self.home / 'mlflow.db'}"

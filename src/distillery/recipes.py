@@ -18,10 +18,13 @@ def teacher_recipe(params: Params) -> Recipe:
                   augment=params.augment, loss=DistillLoss("none"), seed=params.seed)
 
 
-def student_recipe(params: Params, loss: DistillLoss, epochs: int, seed: int) -> Recipe:
+def student_recipe(params: Params, loss: DistillLoss, epochs: int, seed: int, lr: float | None = None,
+                   weight_decay: float | None = None) -> Recipe:
+    """The student's recipe; `lr`/`weight_decay` override it when a sweep tuned them."""
     s = params.student
-    return Recipe(epochs=epochs, lr=s.lr, weight_decay=s.weight_decay, train=params.train,
-                  augment=params.augment, loss=loss, seed=seed)
+    return Recipe(epochs=epochs, lr=s.lr if lr is None else lr,
+                  weight_decay=s.weight_decay if weight_decay is None else weight_decay,
+                  train=params.train, augment=params.augment, loss=loss, seed=seed)
 
 
 def student_spec(params: Params, data: Prepared, distilled: bool) -> ModelSpec:

@@ -21,6 +21,7 @@ from .stats import Effect, paired_bootstrap  # noqa: E402
 
 LABELS = {"teacher": "CNN teacher", "vit": "plain ViT (baseline)", "deit_soft": "DeiT, soft distillation",
           "deit_hard": "DeiT, hard distillation"}
+SYMBOLS = {"alpha": "λ (alpha)", "tau": "τ (temperature)", "lr": "learning rate", "weight_decay": "weight decay"}
 COLORS = {"teacher": "#444444", "vit": "#1f77b4", "deit_soft": "#ff7f0e", "deit_hard": "#2ca02c"}
 
 
@@ -33,6 +34,8 @@ class ReportInputs:
     predictions: pd.DataFrame
     histories: dict[str, list[list[dict[str, float]]]]  # model -> one history per seed
     sweeps: dict[str, tuple[dict[str, Any], pd.DataFrame]]
+    importance: dict[str, dict[str, float]]
+    token_cosine: dict[str, list[float]]
 
 
 def _read_json(path: Path) -> Any:
@@ -48,11 +51,14 @@ def load_inputs(root: Path) -> ReportInputs:
         files = sorted((metrics / "history" / name).glob("seed_*.csv"))
         if files:
             histories[name] = [read_history_csv(f) for f in files]
-    sweeps = {}
+    sweeps, importance = {}, {}
     for kind in LOSS_TYPES:
         d = root / "sweeps" / kind
         if (d / "best.json").exists():
             sweeps[kind] = (_read_json(d / "best.json"), pd.read_csv(d / "trials.csv"))
+        if (d / "importance.json").exists():
+            importance[kind] = _read_json(d / "importance.json")
+    cosine_path = metrics / "token_cosine.json"
     return ReportInputs(
         data_summary=_read_json(metrics / "data.json"),
         classes=_read_json(root / "data" / "prepared" / "classes.json"),
@@ -61,6 +67,8 @@ def load_inputs(root: Path) -> ReportInputs:
         predictions=pd.read_csv(metrics / "test_predictions.csv"),
         histories=histories,
         sweeps=sweeps,
+        importance=importance,
+        token_cosine=_read_json(cosine_path) if cosine_path.exists() else {},
     )
 
 
@@ -109,25 +117,86 @@ def fig_learning_curves(inputs: ReportInputs, path: Path, dpi: int) -> None:
 
 
 def fig_sweeps(inputs: ReportInputs, path: Path, dpi: int) -> None:
-    kinds = list(inputs.sweeps)
-    fig, axes = plt.subplots(1, max(1, len(kinds)), figsize=(5.5 * max(1, len(kinds)), 4), squeeze=False)
-    for ax, kind in zip(axes[0], kinds):
+    """One panel per (loss, searched parameter): final val accuracy of each trial against that parameter."""
+    panels = [(kind, p) for kind, (_, trials) in inputs.sweeps.items()
+              for p in ("alpha", "tau", "lr", "weight_decay") if p in trials and trials[p].notna().any()]
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.2 * max(1, len(panels)), 3.8), squeeze=False)
+    for ax, (kind, param) in zip(axes[0], panels):
         best, trials = inputs.sweeps[kind]
         done = trials[trials["state"] == "COMPLETE"]
         pruned = trials[trials["state"] == "PRUNED"]
-        color_by = "tau" if "tau" in trials and trials["tau"].notna().any() else None
-        colour = {"c": done[color_by], "cmap": "viridis"} if color_by else {"color": COLORS[f"deit_{kind}"]}
-        sc = ax.scatter(done["alpha"], done["value"], s=45, label="completed", edgecolors="black", linewidths=0.5,
-                        **colour)
+        ax.scatter(done[param], done["value"], s=45, color=COLORS[f"deit_{kind}"], edgecolors="black",
+                   linewidths=0.5, label="completed")
         if len(pruned):
-            ax.scatter(pruned["alpha"], pruned["last_val_acc"], facecolors="none", edgecolors="gray", s=45,
+            ax.scatter(pruned[param], pruned["last_val_acc"], facecolors="none", edgecolors="gray", s=45,
                        label="pruned (last val acc)")
-        ax.scatter([best["alpha"]], [best["val_acc"]], marker="*", s=220, color="red", label="best", zorder=5)
-        if color_by:
-            fig.colorbar(sc, ax=ax, label="τ (temperature)")
-        ax.set(title=f"{kind} distillation: {len(trials)} trials", xlabel="λ (alpha)", ylabel="val accuracy")
-        ax.legend(fontsize=8, loc="lower left")
+        ax.scatter([best[param]], [best["val_acc"]], marker="*", s=220, color="red", label="best", zorder=5)
+        if param in ("tau", "lr", "weight_decay") and (trials[param] > 0).all():
+            ax.set_xscale("log")
+        ax.set(title=f"{kind}: {SYMBOLS.get(param, param)}", xlabel=SYMBOLS.get(param, param), ylabel="val accuracy")
+        ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
+def fig_importance(inputs: ReportInputs, path: Path, dpi: int) -> None:
+    kinds = [k for k in inputs.importance if inputs.importance[k]]
+    fig, axes = plt.subplots(1, max(1, len(kinds)), figsize=(4.5 * max(1, len(kinds)), 3), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        imp = inputs.importance[kind]
+        names = sorted(imp, key=imp.get)
+        ax.barh([SYMBOLS.get(n, n) for n in names], [imp[n] for n in names], color=COLORS[f"deit_{kind}"])
+        ax.set(title=f"{kind}: parameter importance (fANOVA)", xlim=(0, 1), xlabel="share of val-accuracy variance")
+    if not kinds:
+        axes[0][0].text(0.5, 0.5, "too few completed trials", ha="center")
+        axes[0][0].axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
+def fig_token_cosine(inputs: ReportInputs, path: Path, dpi: int) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for name, values in inputs.token_cosine.items():
+        ax.plot(range(len(values)), values, marker="o", label=LABELS.get(name, name), color=COLORS.get(name))
+    ax.set(title="class vs distillation token: cosine similarity", xlabel="layer (0 = input embedding)",
+           ylabel="mean cosine over test images")
+    lowest = min((min(v) for v in inputs.token_cosine.values()), default=0.0)
+    ax.set_ylim(min(-0.1, lowest - 0.05), 1.05)
+    ax.axhline(0.93, ls=":", color="gray")
+    ax.text(0, 0.95, "DeiT-B, ImageNet: 0.06 at input → 0.93 at the last layer", fontsize=7, color="gray")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
+def fig_agreement(inputs: ReportInputs, path: Path, dpi: int) -> None:
+    """How often each model predicts what the teacher predicts on the test split, per seed."""
+    if "teacher_cls" not in inputs.predictions:
+        return _empty(path, dpi, "no teacher predictions")
+    teacher = inputs.predictions["teacher_cls"].to_numpy()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    models = [m for m in ("vit", "deit_soft", "deit_hard") if m in inputs.evaluation]
+    for i, model in enumerate(models):
+        head = "cls" if model == "vit" else "avg"
+        cols = sorted(c for c in inputs.predictions.columns if c.startswith(f"{model}_s") and c.endswith(f"_{head}"))
+        agree = [float((inputs.predictions[c].to_numpy() == teacher).mean()) for c in cols]
+        ax.bar(i, np.mean(agree), color=COLORS[model], yerr=np.std(agree) if len(agree) > 1 else None, capsize=3)
+        ax.scatter([i] * len(agree), agree, color="black", s=12, zorder=3)
+    ax.set_xticks(range(len(models)))
+    ax.set_xticklabels([LABELS[m] for m in models], fontsize=8)
+    ax.set(title="agreement with the teacher on the test split", ylabel="fraction of images", ylim=(0, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
+def _empty(path: Path, dpi: int, text: str) -> None:
+    fig, ax = plt.subplots(figsize=(4, 2))
+    ax.text(0.5, 0.5, text, ha="center")
+    ax.axis("off")
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
 
@@ -147,8 +216,8 @@ def fig_per_class(inputs: ReportInputs, path: Path, dpi: int) -> None:
         axes[0].bar(np.arange(n) + i * width - 0.4 + width / 2, acc, width, label=LABELS[model], color=COLORS[model])
     axes[0].set(title="test accuracy per class (mean over seeds)", xticks=range(n), ylabel="accuracy")
     axes[0].set_xticklabels(inputs.classes, rotation=45 if n > 12 else 0, fontsize=8)
-    axes[0].set_ylim(max(0.0, axes[0].get_ylim()[0]), 1.0)
-    axes[0].legend(fontsize=8, loc="lower left")
+    axes[0].set_ylim(0.0, 1.05)
+    axes[0].legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=len(models))
     students = [m for m in ("deit_soft", "deit_hard") if m in inputs.evaluation]
     if students:
         best = max(students, key=lambda m: inputs.evaluation[m]["test_acc"])
@@ -244,13 +313,16 @@ def render_markdown(inputs: ReportInputs, fx: dict[str, Effect], cfg: ReportConf
     lines += ["", "## Sweeps", ""]
     for kind, (best, trials) in inputs.sweeps.items():
         states = trials["state"].value_counts().to_dict()
-        hp = ", ".join(f"{k} = {best[k]:.3g}" for k in ("alpha", "tau") if k in best)
+        hp = ", ".join(f"{k} = {best[k]:.3g}" for k in SYMBOLS if k in best)
         lines.append(f"- **{kind}**: {len(trials)} trials ({', '.join(f'{v} {k.lower()}' for k, v in sorted(states.items()))}); "
                      f"best trial #{best['trial']}: {hp}, val acc {_pct(best['val_acc'])}%.")
     lines += ["", "## Figures", ""]
     captions = {
         "learning_curves.png": "Learning curves: validation accuracy and training loss per epoch (band: min–max over seeds).",
-        "sweeps.png": "Sweep results: final validation accuracy of each trial against λ (colour: τ for soft).",
+        "sweeps.png": "Sweep results: final validation accuracy of each trial against each searched parameter.",
+        "importance.png": "Which searched parameter mattered most (Optuna's fANOVA importance over completed trials).",
+        "agreement.png": "How often each model predicts the teacher's class on the test split (dots: seeds).",
+        "token_cosine.png": "Cosine similarity of the class and distillation tokens through the student's layers.",
         "per_class.png": "Per-class test accuracy of every model, and the confusion matrix of the best distilled student.",
         "heads.png": "Class head, distillation head and their average for each distilled student.",
     }
@@ -267,7 +339,8 @@ def build_report(root: Path, out_dir: Path, cfg: ReportConfig, seed: int) -> Pat
     fig_dir.mkdir(parents=True, exist_ok=True)
     figures = []
     for fname, fn in (("learning_curves.png", fig_learning_curves), ("sweeps.png", fig_sweeps),
-                      ("per_class.png", fig_per_class), ("heads.png", fig_heads)):
+                      ("importance.png", fig_importance), ("heads.png", fig_heads), ("agreement.png", fig_agreement),
+                      ("token_cosine.png", fig_token_cosine), ("per_class.png", fig_per_class)):
         fn(inputs, fig_dir / fname, cfg.dpi)
         figures.append(fname)
     fx = effects(inputs, cfg.bootstrap_samples, seed)

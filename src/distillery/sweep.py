@@ -19,6 +19,7 @@ import optuna
 from .config import HardLossConfig, RangeSpec, SoftLossConfig, SweepConfig
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+TUNED = ("alpha", "tau", "lr", "weight_decay")
 
 
 def file_digest(path: Path) -> str:
@@ -60,6 +61,10 @@ def suggest_loss_params(trial: optuna.Trial, space: SoftLossConfig | HardLossCon
     out = {"alpha": suggest(trial, "alpha", space.alpha)}
     if isinstance(space, SoftLossConfig):
         out["tau"] = suggest(trial, "tau", space.tau)
+    for extra in ("lr", "weight_decay"):
+        spec = getattr(space, extra)
+        if spec is not None:
+            out[extra] = suggest(trial, extra, spec)
     return out
 
 
@@ -84,10 +89,25 @@ def run_study(study: optuna.Study, objective: Callable[[optuna.Trial], float], n
     return summarize_study(study)
 
 
+def param_importance(study: optuna.Study) -> dict[str, float]:
+    """fANOVA importance of each searched parameter; empty when too few trials completed."""
+    completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    names = {k for t in completed for k in t.params}
+    if len(completed) < 2 or not names:
+        return {}
+    if len(names) == 1:
+        return {next(iter(names)): 1.0}
+    try:
+        imp = optuna.importance.get_param_importances(study)
+    except (RuntimeError, ValueError):  # e.g. every completed trial has the same value
+        return {}
+    return {k: float(v) for k, v in imp.items()}
+
+
 def summarize_study(study: optuna.Study) -> SweepResult:
     trials = []
     for t in study.get_trials(deepcopy=False):
-        hp = {k: t.user_attrs[k] for k in ("alpha", "tau") if k in t.user_attrs}
+        hp = {k: t.user_attrs[k] for k in TUNED if k in t.user_attrs}
         trials.append({"number": t.number, "state": t.state.name, "value": t.value, **t.params, **hp,
                        "epochs_run": len(t.intermediate_values),
                        "last_val_acc": t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None, "prune_reason": t.user_attrs.get("prune_reason", "")})
@@ -95,7 +115,7 @@ def summarize_study(study: optuna.Study) -> SweepResult:
     if not completed:
         return SweepResult(best={}, trials=trials)
     best = study.best_trial
-    hp = {k: best.user_attrs[k] for k in ("alpha", "tau") if k in best.user_attrs}
+    hp = {k: best.user_attrs[k] for k in TUNED if k in best.user_attrs}
     return SweepResult(best={"trial": best.number, "val_acc": best.value, **best.params, **hp,
                              "n_complete": len(completed), "n_pruned": sum(t["state"] == "PRUNED" for t in trials)},
                        trials=trials)
