@@ -16,7 +16,16 @@ from distillery.errors import TrainingError
 from distillery.models import load_model
 from distillery.recipes import make_loss, student_recipe, student_spec
 from distillery.runs import write_history_csv, write_json
-from distillery.sweep import TUNED, file_digest, open_study, param_importance, run_study, study_name, suggest_loss_params
+from distillery.sweep import (
+    TUNED,
+    file_digest,
+    heartbeat,
+    open_study,
+    param_importance,
+    run_study,
+    study_name,
+    suggest_loss_params,
+)
 from distillery.tracking import EpochLogger, base_tags, setup_tracking, start_run
 from distillery.train import fit
 
@@ -52,6 +61,7 @@ def body(ctx: StageContext) -> str:
         net = spec.build()
 
         def prune_check(record: dict) -> None:
+            heartbeat(trial)
             trial.report(record["val_acc"], record["epoch"])
             if trial.should_prune():
                 reason = (f"{p.sweep.pruner} pruner: val_acc {record['val_acc']:.4f} at epoch {record['epoch']} "
@@ -77,7 +87,7 @@ def body(ctx: StageContext) -> str:
 
     with start_run(f"sweep-{kind}", {**tags, "model_kind": "sweep"},
                    {"loss": kind, "sweep": p.sweep.model_dump(), "study_name": study.study_name}):
-        result = run_study(study, objective, p.sweep.n_trials)
+        result = run_study(study, objective, p.sweep.n_trials, lock_path=out_dir / "study.lock")
         if not result.best:
             raise TrainingError(f"sweep@{kind}: no trial completed; see the prune reasons in MLflow")
         mlflow.log_metrics({"best_val_acc": result.best["val_acc"], "n_trials": len(result.trials)})

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -78,14 +82,75 @@ class SweepResult:
     trials: list[dict[str, Any]]
 
 
-def run_study(study: optuna.Study, objective: Callable[[optuna.Trial], float], n_trials: int) -> SweepResult:
-    """Run until `n_trials` trials have finished (completed or pruned) in this study, by any worker."""
-    from optuna.study import MaxTrialsCallback
+def _worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
 
-    remaining = n_trials - n_finished(study)
-    if remaining > 0:
-        study.optimize(objective, n_trials=remaining, callbacks=[MaxTrialsCallback(n_trials, states=FINISHED)],
-                       catch=())
+
+def _is_dead_local_worker(worker: str) -> bool:
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def fail_abandoned_trials(study: optuna.Study, stale_after_s: float) -> list[int]:
+    """Mark RUNNING trials whose worker is gone as FAIL, so they stop holding a place under the cap.
+
+    A worker on this host is gone when its process no longer exists; a worker elsewhere when it
+    has not reported an epoch for `stale_after_s` seconds.
+    """
+    failed = []
+    now = time.time()
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker", "")
+        beat = t.user_attrs.get("heartbeat", t.datetime_start.timestamp() if t.datetime_start else now)
+        if _is_dead_local_worker(worker) or now - beat > stale_after_s:
+            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", f"worker {worker or '?'} stopped mid-trial")
+            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            failed.append(t.number)
+    return failed
+
+
+def heartbeat(trial: optuna.Trial) -> None:
+    """Call once per epoch: proves the worker running this trial is alive."""
+    trial.set_user_attr("heartbeat", time.time())
+
+
+def run_study(study: optuna.Study, objective: Callable[[optuna.Trial], float], n_trials: int,
+              lock_path: Path | None = None, stale_after_s: float = 1800.0) -> SweepResult:
+    """Run trials until the study holds `n_trials` finished (completed or pruned) trials.
+
+    Any number of workers may run this on the same study: a trial is only started, under a file
+    lock, while finished plus running trials are fewer than the cap, so together they stop at
+    exactly `n_trials`. A trial whose worker died is marked FAIL and replaced, never counted.
+    """
+    from filelock import FileLock
+
+    lock = FileLock(str(lock_path or Path(tempfile.gettempdir()) / f"distillery-{study.study_name}.lock"))
+    while True:
+        with lock:
+            fail_abandoned_trials(study, stale_after_s)
+            taken = len(study.get_trials(deepcopy=False, states=(*FINISHED, optuna.trial.TrialState.RUNNING)))
+            if taken >= n_trials:
+                break
+            trial = study.ask()
+            trial.set_user_attr("worker", _worker_id())
+            heartbeat(trial)
+        try:
+            value = objective(trial)
+        except optuna.TrialPruned:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        except BaseException:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
+        else:
+            study.tell(trial, value)
     return summarize_study(study)
 
 
