@@ -85,12 +85,13 @@ def test_prepared_roundtrip(tmp_path):
 
 
 def _write_folder(root, spec):
-    """spec: {class: [(mode, size), ...]}"""
-    for cls, items in spec.items():
+    """spec: {class: [(mode, size), ...]}; every image differs (its colour encodes its index)."""
+    for c, (cls, items) in enumerate(spec.items()):
         d = root / cls
         d.mkdir(parents=True)
         for i, (mode, size) in enumerate(items):
-            color = 128 if mode in ("L", "P", "I;16") else (200, 30, 30, 255)[: len(mode)]
+            v = 100 + 10 * i + 3 * c
+            color = v if mode in ("L", "P") else (v * 300 if mode == "I;16" else (v, 30, 30, 255)[: len(mode)])
             Image.new(mode, size, color).save(d / f"img{i}.png")
 
 
@@ -135,3 +136,42 @@ def test_folder_source_refuses_unusable_folders(tmp_path, case):
 def test_prepared_missing_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="run the prepare stage"):
         load_prepared(tmp_path / "nothing")
+
+
+def test_folder_source_handles_every_image_mode_and_odd_files(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    Image.new("CMYK", (20, 20), (0, 255, 255, 0)).save(a / "cmyk.jpg")
+    Image.fromarray(np.full((12, 12), 40000, dtype=np.uint16)).save(a / "sixteen.png")
+    Image.new("P", (10, 10), 3).save(a / "palette.gif")
+    Image.new("LA", (10, 10), (100, 50)).save(b / "la.png")
+    Image.new("RGB", (3000, 2000), (10, 200, 10)).save(b / "huge.jpg", quality=50)
+    Image.new("1", (10, 10), 1).save(b / "bilevel.png")
+    full = tmp_path / "full.jpg"
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(full)
+    (a / "truncated.jpg").write_bytes(full.read_bytes()[:200])
+    raw = load_folder_source(tmp_path, 8)
+    assert raw.images.shape == (6, 3, 8, 8)
+    assert [s["file"] for s in raw.skipped] == ["a/truncated.jpg"]
+    assert raw.images[raw.labels == 1].max() > 150  # the huge green photo survived the shrink
+
+
+def test_duplicates_are_kept_once_and_listed(tmp_path):
+    _write_folder(tmp_path, {"a": [("RGB", (20, 20))] * 3, "b": [("L", (20, 20))] * 3})
+    (tmp_path / "b" / "copy.png").write_bytes((tmp_path / "a" / "img0.png").read_bytes())
+    (tmp_path / "a" / "again.png").write_bytes((tmp_path / "a" / "img1.png").read_bytes())
+    raw = load_folder_source(tmp_path, 8)
+    assert len(raw.labels) == 6
+    assert sorted(s["reason"] for s in raw.skipped) == ["duplicate of a/again.png", "duplicate of a/img0.png"]
+
+
+def test_prepare_never_loses_a_valid_image(tmp_path):
+    rng = np.random.default_rng(0)
+    for cls in ("x", "y", "z"):
+        (tmp_path / cls).mkdir()
+        for i in range(7):
+            Image.fromarray(rng.integers(0, 255, (10, 10, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
+    raw = load_folder_source(tmp_path, 8)
+    idx = stratified_split(raw.labels, 0.15, 0.2, seed=0)
+    assert sum(len(v) for v in idx.values()) == 21 and raw.skipped == []

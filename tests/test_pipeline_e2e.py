@@ -1,16 +1,11 @@
 """The real `dvc repro` on a tiny configuration, in a temporary copy of the repository."""
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
+from conftest import copy_project, project_env, run_ok
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 TINY = {
@@ -25,41 +20,14 @@ TINY = {
 }
 
 
-def set_dotted(raw, dotted, value):
-    *parents, last = dotted.split(".")
-    for key in parents:
-        raw = raw[key]
-    raw[last] = value
-
-
-def run(cmd, cwd, env, timeout=900):
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout + proc.stderr
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    """A copy of the tracked tree (working versions), its own git history, tiny params, repro'd once."""
-    dest = tmp_path_factory.mktemp("e2e") / "repo"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
-    for rel in files:
-        src = ROOT / rel
-        if src.is_file() and not rel.startswith(("reports/", "metrics/", "sweeps/")) and rel != "dvc.lock":
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    raw = yaml.safe_load((dest / "params.yaml").read_text())
-    for k, v in TINY.items():
-        set_dotted(raw, k, v)
-    (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t",
-           "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    env.pop("DVC_ROOT", None)
+    """A copy of the project with its own git history and tiny params, reproduced once."""
+    dest = copy_project(tmp_path_factory.mktemp("e2e") / "repo", TINY)
+    env = project_env()
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
-        run(cmd, dest, env)
-    log = run(["dvc", "repro"], dest, env)
-    return dest, env, log
+        run_ok(cmd, dest, env)
+    return dest, env, run_ok(["dvc", "repro"], dest, env)
 
 
 def test_every_stage_ran_and_wrote_its_outputs(repo):
@@ -114,7 +82,7 @@ def test_mlflow_has_every_run_with_curves_and_nested_trials(repo):
 
 def test_second_repro_reruns_nothing(repo):
     dest, env, _ = repo
-    log = run(["dvc", "repro"], dest, env)
+    log = run_ok(["dvc", "repro"], dest, env)
     assert "Running stage" not in log
 
 
@@ -123,7 +91,7 @@ def test_report_setting_reruns_only_the_report(repo):
     raw = yaml.safe_load((dest / "params.yaml").read_text())
     raw["report"]["dpi"] = 80
     (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    log = run(["dvc", "repro"], dest, env)
+    log = run_ok(["dvc", "repro"], dest, env)
     assert [line for line in log.splitlines() if line.startswith("Running stage")] == ["Running stage 'report':"]
 
 
@@ -132,5 +100,5 @@ def test_soft_loss_setting_touches_only_the_soft_branch(repo):
     raw = yaml.safe_load((dest / "params.yaml").read_text())
     raw["distill"]["soft"]["tau"]["high"] = 6.0
     (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    status = json.loads(run(["dvc", "status", "--json"], dest, env).strip().splitlines()[-1])
+    status = json.loads(run_ok(["dvc", "status", "--json"], dest, env).strip().splitlines()[-1])
     assert set(status) == {"sweep@soft", "distill@soft"}

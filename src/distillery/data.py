@@ -121,9 +121,16 @@ def load_folder_source(root: str | Path, size: int, channels: str | int = "auto"
 
     small: list[tuple[np.ndarray, int]] = []
     per_class: dict[int, int] = {}
+    seen: dict[str, Path] = {}
     for p, idx in tqdm(files, desc="reading images", unit="img", leave=False):
         if max_per_class is not None and per_class.get(idx, 0) >= max_per_class:
             continue
+        # Byte-identical copies would leak between train and test; keep the first, list the rest.
+        digest = hashlib.sha1(p.read_bytes()).hexdigest()
+        if digest in seen:
+            skipped.append({"file": str(p.relative_to(root)), "reason": f"duplicate of {seen[digest].relative_to(root)}"})
+            continue
+        seen[digest] = p
         try:
             with Image.open(p) as im:
                 im.draft("RGB", (size, size))  # JPEG: decode at reduced scale, cheap for huge photos
@@ -140,8 +147,10 @@ def load_folder_source(root: str | Path, size: int, channels: str | int = "auto"
     empty = [classes[i] for i, c in enumerate(counts) if c == 0]
     if empty:
         raise DataError(
-            f"class folder(s) with no readable images: {', '.join(empty)} under '{root}'; "
-            "add images or remove the folder"
+            f"class folder(s) with no usable image: {', '.join(empty)} under '{root}'"
+            + (f" (e.g. {'; '.join(why[:3])})" if (why := [f"{x['file']}: {x['reason']}" for x in skipped
+                                                           if x["file"].split("/")[0] in empty]) else "")
+            + "; add images or remove the folder"
         )
     if len(classes) < 2:
         raise DataError(f"only one class ('{classes[0]}') under '{root}'; classification needs at least two")
@@ -245,6 +254,14 @@ class Prepared:
     @property
     def image_size(self) -> int:
         return int(self.splits["train"].x.shape[2])
+
+    def fingerprint(self) -> str:
+        """Identifies the training data; a checkpoint from other data must not be resumed."""
+        h = hashlib.sha1(json.dumps([self.classes, self.mean, self.std]).encode())
+        for split in ("train", "val"):
+            h.update(np.ascontiguousarray(self.splits[split].x).tobytes())
+            h.update(np.ascontiguousarray(self.splits[split].y).tobytes())
+        return h.hexdigest()[:16]
 
 
 def save_prepared(raw: RawDataset, idx: dict[str, np.ndarray], out: Path, source: str) -> dict:

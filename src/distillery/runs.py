@@ -7,6 +7,7 @@ saved and logged the same way.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,14 @@ def read_history_csv(path: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
 
 
+def state_digest(net: nn.Module) -> str:
+    h = hashlib.sha1()
+    for name, tensor in net.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 @dataclass
 class TrainedModel:
     net: nn.Module
@@ -51,8 +60,7 @@ class TrainedModel:
 
 def tracked_fit(*, name: str, net: nn.Module, spec: ModelSpec, data: Prepared, recipe: Recipe, tags: dict[str, str],
                 log_params: dict[str, Any], model_path: Path, history_path: Path, checkpoint: Path,
-                teacher: nn.Module | None = None, fingerprint_extra: dict[str, Any] | None = None,
-                extra_callbacks: list[EpochCallback] = ()) -> TrainedModel:
+                teacher: nn.Module | None = None, extra_callbacks: list[EpochCallback] = ()) -> TrainedModel:
     """Train one model inside its own MLflow run; resume both the training and the run after a kill."""
     import mlflow
 
@@ -66,7 +74,9 @@ def tracked_fit(*, name: str, net: nn.Module, spec: ModelSpec, data: Prepared, r
         run_file.parent.mkdir(parents=True, exist_ok=True)
         run_file.write_text(run.info.run_id)
         history = fit(net, data, recipe, teacher=teacher, callbacks=[EpochLogger(), *extra_callbacks],
-                      checkpoint=checkpoint, desc=name, fingerprint_extra=fingerprint_extra)
+                      checkpoint=checkpoint, desc=name,
+                      fingerprint_extra={"model": spec.name, "kwargs": spec.kwargs, "data": data.fingerprint(),
+                                         "teacher": state_digest(teacher) if teacher is not None else None})
         save_model(model_path, net, spec, {"history": history})
         write_history_csv(history_path, history)
         final = {f"final_{k}": v for k, v in history[-1].items() if k.startswith("val_")}

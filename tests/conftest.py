@@ -1,0 +1,46 @@
+"""Helpers for tests that run the real pipeline in a temporary copy of the repository."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ("reports/", "metrics/", "sweeps/")
+
+
+def copy_project(dest: Path, overrides: dict) -> Path:
+    """Tracked and untracked-but-not-ignored files (working versions), minus committed results."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for rel in files:
+        src = ROOT / rel
+        if src.is_file() and not rel.startswith(RESULTS) and rel != "dvc.lock":
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    raw = yaml.safe_load((dest / "params.yaml").read_text())
+    for dotted, value in overrides.items():
+        node = raw
+        *parents, last = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return dest
+
+
+def project_env() -> dict:
+    """This interpreter's environment first on PATH (for `python` and `dvc`), no inherited DVC_ROOT."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t",
+           "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env.pop("DVC_ROOT", None)
+    return env
+
+
+def run_ok(cmd, cwd, env=None, timeout=900) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=env or project_env(), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr

@@ -1,0 +1,130 @@
+"""Kills, concurrent workers and determinism, on real stage processes in a temporary project."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+import yaml
+from conftest import copy_project, project_env, run_ok
+
+pytestmark = pytest.mark.slow
+
+SMALL = {
+    "teacher.epochs": 3,
+    "final.epochs": 6,
+    "final.seeds": [0],
+    "sweep.n_trials": 3,
+    "sweep.epochs": 2,
+    "sweep.startup_trials": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    dest = copy_project(tmp_path_factory.mktemp("robust") / "proj", SMALL)
+    run_ok([sys.executable, "pipeline/prepare.py"], dest)
+    run_ok([sys.executable, "pipeline/teacher.py"], dest)
+    return dest
+
+
+def stage(project, *args):
+    return subprocess.Popen([sys.executable, *args], cwd=project, env=project_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(predicate, timeout=300, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def checkpoint_epoch(path):
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)["epoch"] + 1
+    except Exception:  # not written yet, or being replaced right now
+        return 0
+
+
+def test_same_seed_gives_byte_identical_metrics(project):
+    first = (project / "metrics/teacher.json").read_bytes()
+    run_ok([sys.executable, "pipeline/teacher.py"], project)
+    assert (project / "metrics/teacher.json").read_bytes() == first
+
+
+def test_killed_training_resumes_to_the_uninterrupted_result(project):
+    run_ok([sys.executable, "pipeline/baseline.py"], project)
+    uninterrupted = (project / "metrics/vit.json").read_bytes()
+    (project / "metrics/vit.json").unlink()
+
+    proc = stage(project, "pipeline/baseline.py")
+    ckpt = project / "checkpoints/vit/seed_0.pt"
+    wait_for(lambda: checkpoint_epoch(ckpt) >= 2, what="two epochs checkpointed")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (project / "metrics/vit.json").exists()
+
+    log = run_ok([sys.executable, "pipeline/baseline.py"], project)
+    assert "resuming from" in log
+    assert (project / "metrics/vit.json").read_bytes() == uninterrupted
+    assert not ckpt.exists()  # a finished run leaves no checkpoint a later run could wrongly resume
+
+
+def study_trials(project, kind):
+    storage = f"sqlite:///{project / 'sweeps' / kind / 'study.db'}"
+    summaries = optuna.study.get_all_study_summaries(storage)
+    assert len(summaries) == 1
+    return optuna.load_study(study_name=summaries[0].study_name, storage=storage).get_trials(deepcopy=False)
+
+
+def finished(trials):
+    return [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+
+
+def test_killed_sweep_keeps_finished_trials_and_completes_to_the_cap(project):
+    proc = stage(project, "pipeline/sweep.py", "--loss", "soft")
+    db = project / "sweeps/soft/study.db"
+
+    def one_done_one_running():
+        if not db.exists():
+            return False
+        try:
+            trials = study_trials(project, "soft")
+        except Exception:
+            return False
+        return len(finished(trials)) >= 1 and any(t.state.name == "RUNNING" for t in trials)
+
+    wait_for(one_done_one_running, what="a finished trial and a running one")
+    before = {t.number: t.params for t in finished(study_trials(project, "soft"))}
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    run_ok([sys.executable, "pipeline/sweep.py", "--loss", "soft"], project)
+    trials = study_trials(project, "soft")
+    done = finished(trials)
+    assert len(done) == SMALL["sweep.n_trials"]
+    assert all(before[n] == next(t.params for t in done if t.number == n) for n in before)  # nothing lost
+    assert [t.state.name for t in trials if t.state.name not in ("COMPLETE", "PRUNED")] == ["FAIL"]  # the killed one
+    assert json.loads((project / "sweeps/soft/best.json").read_text())["trial"] in {t.number for t in done}
+
+
+def test_two_sweep_workers_stop_at_exactly_the_cap(project):
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["sweep"]["n_trials"] = 6
+    (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    workers = [stage(project, "pipeline/sweep.py", "--loss", "hard") for _ in range(2)]
+    logs = [w.communicate(timeout=600)[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers), logs
+    trials = study_trials(project, "hard")
+    assert len(trials) == 6 and len(finished(trials)) == 6
+    assert len({t.number for t in trials}) == 6
+    owners = {t.user_attrs["worker"] for t in trials}
+    assert len(owners) == 2  # both workers took part
