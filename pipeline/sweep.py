@@ -58,7 +58,7 @@ def body(ctx: StageContext) -> str:
         for key, value in hp.items():
             trial.set_user_attr(key, value)
         loss = make_loss(p, kind, hp["alpha"], hp.get("tau", 1.0))
-        net = spec.build()
+        net = spec.build(p.seed)  # every trial starts from the same weights: only λ/τ differ
 
         def prune_check(record: dict) -> None:
             heartbeat(trial)

@@ -15,7 +15,7 @@ def body(ctx: StageContext) -> str:
     check_model_names(p)
     data = load_prepared(layout.prepared)
     setup_tracking(p.tracking, layout)
-    net, spec = build_teacher(p.teacher.model, data.channels, data.num_classes, p.teacher.pretrained)
+    net, spec = build_teacher(p.teacher.model, data.channels, data.num_classes, p.teacher.pretrained, p.seed)
     result = tracked_fit(
         name="teacher", net=net, spec=spec, data=data, recipe=teacher_recipe(p),
         tags=base_tags(layout, p, "teacher", model_kind="teacher"),

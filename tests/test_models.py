@@ -75,3 +75,11 @@ def test_teacher_fine_tunes_from_a_local_checkpoint_with_a_new_head(tmp_path):
     assert net.fc.out_features == 4
     skipped = load_partial_state(net, tmp_path / "t.pt")
     assert sorted(skipped) == ["fc.bias", "fc.weight"]
+
+
+def test_seeded_build_is_reproducible_and_leaves_global_rng_alone():
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a, b, c = student().build(seed=1), student().build(seed=1), student().build(seed=2)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(a.pos_embed, b.pos_embed) and not torch.equal(a.pos_embed, c.pos_embed)

@@ -25,7 +25,7 @@ def train_final_models(params: Params, layout: Layout, data: Prepared, *, name: 
     per_seed = {}
     spec = student_spec(params, data, distilled=loss.needs_teacher)
     for seed in params.final.seeds:
-        net = spec.build()
+        net = spec.build(seed)
         recipe = student_recipe(params, loss, params.final.epochs, seed, lr, weight_decay)
         result = tracked_fit(
             name=f"{name}-seed{seed}", net=net, spec=spec, data=data,

@@ -84,9 +84,13 @@ class ModelSpec:
     name: str
     kwargs: dict[str, Any]
 
-    def build(self) -> nn.Module:
+    def build(self, seed: int | None = None) -> nn.Module:
+        """A fresh model; with `seed`, its initial weights are a function of the seed alone."""
         try:
-            return timm.create_model(self.name, pretrained=False, **self.kwargs)
+            with torch.random.fork_rng(devices=[]):
+                if seed is not None:
+                    torch.manual_seed(seed)
+                return timm.create_model(self.name, pretrained=False, **self.kwargs)
         except RuntimeError as exc:
             raise ConfigError(f"timm could not build '{self.name}' with {self.kwargs}: {exc}") from None
 
@@ -108,7 +112,8 @@ def vit_spec(kind: str, model: str, image_size: int, in_chans: int, num_classes:
     })
 
 
-def build_teacher(model: str, in_chans: int, num_classes: int, pretrained: bool | str) -> tuple[nn.Module, ModelSpec]:
+def build_teacher(model: str, in_chans: int, num_classes: int, pretrained: bool | str,
+                  seed: int | None = None) -> tuple[nn.Module, ModelSpec]:
     """A timm CNN, trained from scratch (False), from timm's weights (True) or from a local file (path)."""
     spec = teacher_spec(model, in_chans, num_classes)
     if pretrained is True:
@@ -120,7 +125,7 @@ def build_teacher(model: str, in_chans: int, num_classes: int, pretrained: bool 
                 f"({type(exc).__name__}: {exc}); it needs the internet, or give a local checkpoint path"
             ) from None
         return net, spec
-    net = spec.build()
+    net = spec.build(seed)
     if isinstance(pretrained, str):
         load_partial_state(net, Path(pretrained))
     return net, spec

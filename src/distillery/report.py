@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -133,6 +134,8 @@ def fig_sweeps(inputs: ReportInputs, path: Path, dpi: int) -> None:
         ax.scatter([best[param]], [best["val_acc"]], marker="*", s=220, color="red", label="best", zorder=5)
         if param in ("tau", "lr", "weight_decay") and (trials[param] > 0).all():
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set(title=f"{kind}: {SYMBOLS.get(param, param)}", xlabel=SYMBOLS.get(param, param), ylabel="val accuracy")
         ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
@@ -164,8 +167,8 @@ def fig_token_cosine(inputs: ReportInputs, path: Path, dpi: int) -> None:
            ylabel="mean cosine over test images")
     lowest = min((min(v) for v in inputs.token_cosine.values()), default=0.0)
     ax.set_ylim(min(-0.1, lowest - 0.05), 1.05)
-    ax.axhline(0.93, ls=":", color="gray")
-    ax.text(0, 0.95, "DeiT-B, ImageNet: 0.06 at input → 0.93 at the last layer", fontsize=7, color="gray")
+    ax.axhline(0.93, ls=":", color="gray", label="DeiT-B on ImageNet, last layer (input: 0.06)")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)
@@ -238,7 +241,7 @@ def fig_per_class(inputs: ReportInputs, path: Path, dpi: int) -> None:
 
 def fig_heads(inputs: ReportInputs, path: Path, dpi: int) -> None:
     students = [m for m in ("deit_soft", "deit_hard") if m in inputs.evaluation]
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(6.5, 4.6))
     heads = ("cls", "dist", "avg")
     for i, model in enumerate(students):
         ev = inputs.evaluation[model]
@@ -248,13 +251,13 @@ def fig_heads(inputs: ReportInputs, path: Path, dpi: int) -> None:
     for ref in ("vit", "teacher"):
         if ref in inputs.evaluation:
             ax.axhline(inputs.evaluation[ref]["test_acc"], ls="--", color=COLORS[ref], label=LABELS[ref])
-    ax.set(xticks=range(3), title="test accuracy by head", ylabel="accuracy")
+    ax.set(xticks=range(3), title="test accuracy by head (error bars: std over seeds)", ylabel="accuracy")
     ax.set_xticklabels(["class head", "distillation head", "average (inference)"])
     lows = [inputs.evaluation[m][f"test_acc_{h}"] for m in students for h in heads] + \
            [inputs.evaluation[r]["test_acc"] for r in ("vit",) if r in inputs.evaluation]
     if lows:
         ax.set_ylim(max(0.0, min(lows) - 0.05), 1.0)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
