@@ -31,7 +31,7 @@ def with_value(dotted, value):
     return raw
 
 
-@pytest.mark.parametrize("dotted, value, expected", [
+BAD_VALUES = [
     ("data.sorce", "digits", "did you mean 'data.source'"),
     ("sead", 1, "did you mean 'seed'"),
     ("data.source", "imagenet", "data.source='imagenet'"),
@@ -52,7 +52,12 @@ def with_value(dotted, value):
     ("sweep.pruner", "random", "sweep.pruner='random'"),
     ("sweep.n_trials", 0, "sweep.n_trials=0"),
     ("data.source", "folder", "data.path is required"),
-])
+    ("final.seeds", [1, 1], "repeats a seed"),
+    ("augment.randaugment", "m9", "not a timm RandAugment spec"),
+]
+
+
+@pytest.mark.parametrize("dotted, value, expected", BAD_VALUES)
 def test_bad_values_name_the_key(dotted, value, expected):
     with pytest.raises(ConfigError) as info:
         parse_params(with_value(dotted, value))
@@ -75,3 +80,45 @@ def test_stage_reports_bad_params_in_one_line_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "train.batch_size=0" in lines[0]
+
+
+@pytest.mark.parametrize("dotted, value, expected", BAD_VALUES)
+def test_every_bad_value_ends_a_stage_with_one_line(tmp_path, capsys, dotted, value, expected):
+    from distillery.cli import run_stage
+
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(with_value(dotted, value)))
+    rc = run_stage("prepare", lambda ctx: "not reached", argv=["--params", str(bad)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and expected in err and err.startswith("distillery prepare: error:")
+
+
+def test_unknown_model_ends_a_stage_with_one_line(tmp_path, capsys):
+    from distillery.cli import run_stage
+
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(with_value("student.baseline_model", "vit_tiny_patch99")))
+    rc = run_stage("teacher", lambda ctx: check_model_names(ctx.params), argv=["--params", str(bad)])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "student.baseline_model='vit_tiny_patch99'" in err
+
+
+def test_unknown_loss_type_is_refused(capsys):
+    from distillery.cli import run_stage
+
+    def add_args(parser):
+        parser.add_argument("--loss", required=True, choices=["soft", "hard"])
+
+    with pytest.raises(SystemExit) as info:
+        run_stage("sweep", lambda ctx: "not reached", add_args, argv=["--loss", "medium"])
+    assert info.value.code == 2 and "invalid choice: 'medium'" in capsys.readouterr().err
+
+
+def test_debug_switch_shows_the_traceback(tmp_path, capsys):
+    from distillery.cli import run_stage
+
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(with_value("train.batch_size", 0)))
+    assert run_stage("prepare", lambda ctx: "x", argv=["--params", str(bad), "--debug"]) == 2
+    assert "Traceback" in capsys.readouterr().err

