@@ -51,8 +51,8 @@ class AugmentConfig(_Section):
     randaugment: str | None = None
     translate: int = Field(2, ge=0)
     hflip: bool = False
-    mixup: float = Field(0.0, ge=0.0)
-    cutmix: float = Field(0.0, ge=0.0)
+    mixup: float = Field(0.8, ge=0.0)
+    cutmix: float = Field(1.0, ge=0.0)
     mix_prob: float = Field(1.0, ge=0.0, le=1.0)
     random_erasing: float = Field(0.0, ge=0.0, le=1.0)
 
@@ -65,7 +65,7 @@ class AugmentConfig(_Section):
 
 
 class TrainConfig(_Section):
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(32, ge=1)
     eval_batch_size: int = Field(512, ge=1)
     optimizer: str = "adamw"
     warmup_epochs: int = Field(2, ge=0)
@@ -91,7 +91,7 @@ class StudentConfig(_Section):
     depth: int = Field(4, ge=1)
     num_heads: int = Field(4, ge=1)
     drop_path: float = Field(0.1, ge=0.0, lt=1.0)
-    lr: float = Field(1e-3, gt=0.0)
+    lr: float = Field(2e-3, gt=0.0)
     weight_decay: float = Field(0.05, ge=0.0)
 
     @model_validator(mode="after")
@@ -192,14 +192,14 @@ class DistillConfig(_Section):
 
 
 class SweepConfig(_Section):
-    n_trials: int = Field(6, ge=1)
+    n_trials: int = Field(4, ge=1)
     epochs: int = Field(8, ge=1)
     pruner: Literal["median", "hyperband", "none"] = "median"
     startup_trials: int = Field(3, ge=0)
 
 
 class FinalConfig(_Section):
-    epochs: int = Field(30, ge=1)
+    epochs: int = Field(25, ge=1)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
 
     @field_validator("seeds")

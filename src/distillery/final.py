@@ -42,7 +42,8 @@ def train_final_models(params: Params, layout: Layout, data: Prepared, *, name: 
             teacher=teacher,
         )
         per_seed[str(seed)] = {k: v for k, v in result.history[-1].items() if k.startswith("val_")}
-    metrics = {"loss": loss.kind, "alpha": loss.alpha, "tau": loss.tau, "epochs": params.final.epochs,
+    used = {"none": {}, "hard": {"alpha": loss.alpha}, "soft": {"alpha": loss.alpha, "tau": loss.tau}}[loss.kind]
+    metrics = {"loss": loss.kind, **used, "epochs": params.final.epochs,
                "lr": recipe.lr, "weight_decay": recipe.weight_decay,
                "per_seed": per_seed,
                "val_acc_mean": sum(s["val_acc"] for s in per_seed.values()) / len(per_seed)}

@@ -18,7 +18,7 @@ import torch.nn as nn
 from .data import Prepared
 from .models import ModelSpec, count_params, save_model
 from .tracking import EpochLogger, start_run
-from .train import EpochCallback, Recipe, fit
+from .train import EpochCallback, Recipe, checkpoint_fingerprint, fit
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -65,7 +65,11 @@ def tracked_fit(*, name: str, net: nn.Module, spec: ModelSpec, data: Prepared, r
     import mlflow
 
     run_file = checkpoint.with_suffix(".mlflow_run")
-    resume_id = run_file.read_text().strip() if (checkpoint.exists() and run_file.exists()) else None
+    fingerprint_extra = {"model": spec.name, "kwargs": spec.kwargs, "data": data.fingerprint(),
+                         "teacher": state_digest(teacher) if teacher is not None else None}
+    # Continue the interrupted MLflow run only when fit() will continue the interrupted training.
+    resumable = checkpoint_fingerprint(checkpoint) == recipe.fingerprint(fingerprint_extra)
+    resume_id = run_file.read_text().strip() if (resumable and run_file.exists()) else None
     if resume_id:
         ctx = mlflow.start_run(run_id=resume_id)
     else:
@@ -74,9 +78,7 @@ def tracked_fit(*, name: str, net: nn.Module, spec: ModelSpec, data: Prepared, r
         run_file.parent.mkdir(parents=True, exist_ok=True)
         run_file.write_text(run.info.run_id)
         history = fit(net, data, recipe, teacher=teacher, callbacks=[EpochLogger(), *extra_callbacks],
-                      checkpoint=checkpoint, desc=name,
-                      fingerprint_extra={"model": spec.name, "kwargs": spec.kwargs, "data": data.fingerprint(),
-                                         "teacher": state_digest(teacher) if teacher is not None else None})
+                      checkpoint=checkpoint, desc=name, fingerprint_extra=fingerprint_extra)
         save_model(model_path, net, spec, {"history": history})
         write_history_csv(history_path, history)
         final = {f"final_{k}": v for k, v in history[-1].items() if k.startswith("val_")}

@@ -127,6 +127,16 @@ def _set_rng_state(gen: torch.Generator, state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def checkpoint_fingerprint(path: Path) -> str | None:
+    """The fingerprint a checkpoint was written under, or None if there is no readable one."""
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False).get("fingerprint")
+    except (OSError, RuntimeError, EOFError, AttributeError):
+        return None
+
+
 def fit(net: nn.Module, data: Prepared, recipe: Recipe, *, teacher: nn.Module | None = None,
         callbacks: list[EpochCallback] = (), checkpoint: Path | None = None, desc: str = "train",
         fingerprint_extra: dict[str, Any] | None = None, progress: bool = True) -> list[dict[str, Any]]:
