@@ -77,8 +77,11 @@ def params_hash(params: Params) -> str:
 
 
 def base_tags(layout: Layout, params: Params, stage: str, **extra: str) -> dict[str, str]:
-    return {"git_commit": git_commit(layout.root), "dvc_stage": stage, "params_hash": params_hash(params),
+    tags = {"git_commit": git_commit(layout.root), "dvc_stage": stage, "params_hash": params_hash(params),
             **{k: str(v) for k, v in extra.items()}}
+    if os.environ.get("DVC_EXP_NAME"):  # set by DVC for `dvc exp run`: find an experiment's runs in MLflow
+        tags["dvc_exp"] = os.environ["DVC_EXP_NAME"]
+    return tags
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
