@@ -10,7 +10,7 @@ from distillery.runs import write_json
 def body(ctx: StageContext) -> str:
     cfg = ctx.params.data
     raw = load_source(cfg, cache_dir=Path.home() / ".cache" / "distillery")
-    idx = stratified_split(raw.labels, cfg.val_fraction, cfg.test_fraction, ctx.params.seed)
+    idx = stratified_split(raw.labels, cfg.val_fraction, cfg.test_fraction, ctx.params.seed, raw.classes)
     meta = save_prepared(raw, idx, ctx.layout.prepared, cfg.source)
     summary = summarize(raw, idx, meta)
     write_json(ctx.layout.prepared / "skipped.json", raw.skipped)

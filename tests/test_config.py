@@ -112,7 +112,8 @@ def test_unknown_loss_type_is_refused(capsys):
 
     with pytest.raises(SystemExit) as info:
         run_stage("sweep", lambda ctx: "not reached", add_args, argv=["--loss", "medium"])
-    assert info.value.code == 2 and "invalid choice: 'medium'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "invalid choice: 'medium'" in err and len(err.strip().splitlines()) == 1
 
 
 def test_debug_switch_shows_the_traceback(tmp_path, capsys):

@@ -53,8 +53,8 @@ def test_split_is_stratified_and_every_class_in_every_split():
 
 def test_split_refuses_a_class_with_fewer_than_three_images():
     labels = np.array([0] * 10 + [1] * 2)
-    with pytest.raises(DataError, match="fewer than 3"):
-        stratified_split(labels, 0.15, 0.2, seed=0)
+    with pytest.raises(DataError, match="class\\(es\\) 'rare' \\(2\\) have fewer than 3"):
+        stratified_split(labels, 0.15, 0.2, seed=0, class_names=["common", "rare"])
 
 
 def test_digits_source_is_resized_and_grayscale():

@@ -36,7 +36,7 @@ def toy_data(n_per_class=24, classes=3, size=8, seed=0):
 
 def recipe(epochs=3, loss=DistillLoss("none"), augment=None, **train):
     return Recipe(epochs=epochs, lr=3e-3, weight_decay=0.0, train=TrainConfig(batch_size=16, warmup_epochs=0, **train),
-                  augment=augment or AugmentConfig(translate=0), loss=loss, seed=0)
+                  augment=augment or AugmentConfig(translate=0, mixup=0.0, cutmix=0.0), loss=loss, seed=0)
 
 
 def build(distilled):
@@ -131,21 +131,26 @@ def test_checkpoint_of_another_recipe_is_not_resumed(tmp_path):
 
 
 class TurnsNaN(nn.Module):
-    """A model whose outputs become NaN from its third training call on."""
+    """A model whose outputs become NaN from its `after`-th training call on."""
 
-    def __init__(self, inner):
+    def __init__(self, inner, after):
         super().__init__()
-        self.inner, self.calls = inner, 0
+        self.inner, self.calls, self.after = inner, 0, after
 
     def forward(self, x):
         self.calls += self.training
         out = self.inner(x)
-        return out * float("nan") if self.calls >= 3 else out
+        return out * float("nan") if self.calls >= self.after else out
 
 
-def test_nan_loss_stops_with_a_clear_message():
-    with pytest.raises(TrainingError, match="loss became nan at epoch 1, step 3"):
-        fit(TurnsNaN(build(False)), toy_data(), recipe(epochs=2), progress=False)
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    steps = len(toy_data().splits["train"].y) // 16  # per epoch
+    ckpt = tmp_path / "c.pt"
+    with pytest.raises(TrainingError, match=f"loss became nan at epoch 2, step 2"):
+        fit(TurnsNaN(build(False), after=steps + 2), toy_data(), recipe(epochs=3), checkpoint=ckpt, progress=False)
+    state = torch.load(ckpt, weights_only=False)
+    assert state["epoch"] == 0 and len(state["history"]) == 1  # epoch 1 intact
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
 def test_distillation_without_teacher_is_refused():

@@ -15,6 +15,13 @@ from .errors import DistilleryError
 from .paths import Layout
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Bad command-line arguments end like bad params: one line, exit code 2."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 @dataclass
 class StageContext:
     name: str
@@ -30,7 +37,7 @@ def debug_enabled() -> bool:
 def run_stage(name: str, body: Callable[[StageContext], str], add_args: Callable[[argparse.ArgumentParser], None] | None = None,
               argv: list[str] | None = None) -> int:
     """Run a stage body; print its one-line summary, or one error line (traceback with --debug)."""
-    parser = argparse.ArgumentParser(prog=f"pipeline/{name}.py", description=f"distillery stage: {name}")
+    parser = _OneLineParser(prog=f"pipeline/{name}.py", description=f"distillery stage: {name}")
     parser.add_argument("--params", default=None, help="params file (default: params.yaml at the project root)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks (same as DISTILLERY_DEBUG=1)")
     if add_args:

@@ -206,15 +206,17 @@ def load_source(cfg: DataConfig, cache_dir: Path) -> RawDataset:
 
 
 # ---------------------------------------------------------------- split
-def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
+def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int,
+                     class_names: list[str] | None = None) -> dict[str, np.ndarray]:
     """Indices per split. Every class gets at least one image in each split, so it needs >= 3."""
     rng = np.random.default_rng(seed)
     counts = np.bincount(labels)
     too_small = [int(c) for c in np.flatnonzero((counts > 0) & (counts < 3))]
     if too_small:
+        names = ", ".join(f"'{class_names[c] if class_names else c}' ({counts[c]})" for c in too_small)
         raise DataError(
-            f"class index(es) {too_small} have fewer than 3 images; a stratified train/val/test split "
-            "needs at least 3 per class"
+            f"class(es) {names} have fewer than 3 images; a stratified train/val/test split "
+            "needs at least 3 per class: add images or remove the class"
         )
     out: dict[str, list[int]] = {s: [] for s in SPLITS}
     for cls in np.flatnonzero(counts):
