@@ -13,8 +13,8 @@ from distillery.config import check_model_names
 from distillery.data import load_prepared
 from distillery.errors import TrainingError
 from distillery.models import load_model
-from distillery.runs import write_history_csv, write_json
-from distillery.sweep import TUNED, file_digest, open_study, param_importance, run_study, study_name
+from distillery.runs import state_digest, write_history_csv, write_json
+from distillery.sweep import TUNED, open_study, param_importance, run_study, study_name
 from distillery.tracking import base_tags, setup_tracking, start_run
 from distillery.trials import make_objective
 
@@ -27,14 +27,13 @@ def body(ctx: StageContext) -> str:
     p, layout, kind = ctx.params, ctx.layout, ctx.args.loss
     check_model_names(p)
     data = load_prepared(layout.prepared)
-    teacher_path = layout.models / "teacher.pt"
-    teacher, _, _ = load_model(teacher_path)
+    teacher, _, _ = load_model(layout.models / "teacher.pt")
     setup_tracking(p.tracking, layout)
     space = getattr(p.distill, kind)
     fingerprint = {
         "epochs": p.sweep.epochs, "pruner": p.sweep.pruner, "seed": p.seed,
         "student": p.student.model_dump(), "train": p.train.model_dump(), "augment": p.augment.model_dump(),
-        "loss_cfg": space.model_dump(), "teacher": file_digest(teacher_path),
+        "loss_cfg": space.model_dump(), "teacher": state_digest(teacher),
         "data": data.fingerprint(),
     }
     out_dir = layout.sweeps / kind

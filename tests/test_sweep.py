@@ -4,7 +4,7 @@ import optuna
 import pytest
 
 from distillery.config import SoftLossConfig, SweepConfig
-from distillery.sweep import n_finished, open_study, run_study, study_name, suggest_loss_params
+from distillery.sweep import FINISHED, open_study, run_study, study_name, suggest_loss_params
 
 
 def objective(trial):
@@ -44,7 +44,7 @@ def test_interrupted_study_keeps_finished_trials(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_study(study, dies_on_third, cfg.n_trials)
     reopened = open_study(tmp_path / "study.db", "s", cfg, seed=0)
-    assert n_finished(reopened) == 2
+    assert len(reopened.get_trials(states=FINISHED)) == 2
     result = run_study(reopened, objective, cfg.n_trials)
     assert sum(t["state"] in ("COMPLETE", "PRUNED") for t in result.trials) == 5
 

@@ -8,6 +8,7 @@ tens of thousands of images, and the whole training set then lives in memory as 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 import tarfile
@@ -126,13 +127,14 @@ def load_folder_source(root: str | Path, size: int, channels: str | int = "auto"
         if max_per_class is not None and per_class.get(idx, 0) >= max_per_class:
             continue
         # Byte-identical copies would leak between train and test; keep the first, list the rest.
-        digest = hashlib.sha1(p.read_bytes()).hexdigest()
+        content = p.read_bytes()
+        digest = hashlib.sha1(content).hexdigest()
         if digest in seen:
             skipped.append({"file": str(p.relative_to(root)), "reason": f"duplicate of {seen[digest].relative_to(root)}"})
             continue
         seen[digest] = p
         try:
-            with Image.open(p) as im:
+            with Image.open(io.BytesIO(content)) as im:  # decode the bytes already read for the digest
                 im.draft("RGB", (size, size))  # JPEG: decode at reduced scale, cheap for huge photos
                 im.load()
                 gray = _is_grayscale_mode(im.mode)

@@ -75,11 +75,16 @@ def load_inputs(root: Path) -> ReportInputs:
     )
 
 
-def correctness(pred: pd.DataFrame, model: str, head: str = "avg") -> np.ndarray:
-    """(seeds, images) 0/1 matrix for one model's head; the baseline has only its cls head."""
+def seed_columns(pred: pd.DataFrame, model: str, head: str = "avg") -> list[str]:
+    """Prediction columns of one model's head, one per seed; the baseline has only its cls head."""
     if model == "vit":
         head = "cls"
-    cols = sorted(c for c in pred.columns if c.startswith(f"{model}_s") and c.endswith(f"_{head}"))
+    return sorted(c for c in pred.columns if c.startswith(f"{model}_s") and c.endswith(f"_{head}"))
+
+
+def correctness(pred: pd.DataFrame, model: str, head: str = "avg") -> np.ndarray:
+    """(seeds, images) 0/1 matrix for one model's head."""
+    cols = seed_columns(pred, model, head)
     return np.stack([(pred[c].to_numpy() == pred["label"].to_numpy()) for c in cols]).astype(np.float64)
 
 
@@ -185,9 +190,8 @@ def fig_agreement(inputs: ReportInputs, path: Path, dpi: int) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     models = [m for m in ("vit", "deit_soft", "deit_hard") if m in inputs.evaluation]
     for i, model in enumerate(models):
-        head = "cls" if model == "vit" else "avg"
-        cols = sorted(c for c in inputs.predictions.columns if c.startswith(f"{model}_s") and c.endswith(f"_{head}"))
-        agree = [float((inputs.predictions[c].to_numpy() == teacher).mean()) for c in cols]
+        agree = [float((inputs.predictions[c].to_numpy() == teacher).mean())
+                 for c in seed_columns(inputs.predictions, model)]
         ax.bar(i, np.mean(agree), color=COLORS[model], yerr=np.std(agree) if len(agree) > 1 else None, capsize=3)
         ax.scatter([i] * len(agree), agree, color="black", s=12, zorder=3)
     ax.set_xticks(range(len(models)))
@@ -226,7 +230,7 @@ def fig_per_class(inputs: ReportInputs, path: Path, dpi: int) -> None:
     students = [m for m in ("deit_soft", "deit_hard") if m in inputs.evaluation]
     if students:
         best = max(students, key=lambda m: inputs.evaluation[m]["test_acc"])
-        col = sorted(c for c in inputs.predictions.columns if c.startswith(f"{best}_s") and c.endswith("_avg"))[0]
+        col = seed_columns(inputs.predictions, best)[0]
         cm = confusion_matrix(inputs.predictions[col].to_numpy(), labels, n)
         im = axes[1].imshow(cm, cmap="Blues")
         fig.colorbar(im, ax=axes[1])

@@ -26,14 +26,6 @@ FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 TUNED = ("alpha", "tau", "lr", "weight_decay")
 
 
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
 def study_name(loss_kind: str, fingerprint_parts: dict[str, Any]) -> str:
     blob = json.dumps(fingerprint_parts, sort_keys=True, default=str)
     return f"distill-{loss_kind}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
@@ -70,10 +62,6 @@ def suggest_loss_params(trial: optuna.Trial, space: SoftLossConfig | HardLossCon
         if spec is not None:
             out[extra] = suggest(trial, extra, spec)
     return out
-
-
-def n_finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
 @dataclass
