@@ -26,4 +26,4 @@ test-fast: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest tests -m "not slow"
 
 clean-outputs:
-	rm -rf data/prepared models metrics sweeps/*/study.db checkpoints mlflow.db .mlflow.lock
+	rm -rf data/prepared models metrics sweeps checkpoints mlflow.db .mlflow.lock mlruns

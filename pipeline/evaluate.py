@@ -1,20 +1,20 @@
-"""Stage evaluate: every model on the held-out test split.
+"""Stage evaluate: every model on the held-out test split (the only stage that reads it).
 
 Writes metrics/evaluation.json (accuracies and sizes: deterministic on CPU),
 metrics/throughput.json (timings: never byte-identical), metrics/token_cosine.json (class vs
 distillation token per layer) and metrics/test_predictions.csv.
 """
 
-from distillery.cli import StageContext, main_for
-from distillery.data import load_prepared
-from distillery.evaluate import evaluate_all
-from distillery.runs import write_json
+from distillery.core.cli import StageContext, main_for
+from distillery.core.files import write_json
+from distillery.data import SPLITS, load_prepared
+from distillery.evaluation.evaluate import evaluate_all
 
 
 def body(ctx: StageContext) -> str:
     p, layout = ctx.params, ctx.layout
-    data = load_prepared(layout.prepared)
-    result = evaluate_all(layout.models, data, p.train, p.evaluate.throughput_repeats)
+    data = load_prepared(layout.prepared, splits=SPLITS)
+    result = evaluate_all(layout, p.arms.all, p.final.seeds, data, p.train, p.evaluate.throughput_repeats)
     write_json(layout.metrics / "evaluation.json", result.metrics)
     write_json(layout.metrics / "throughput.json", result.throughput)
     write_json(layout.metrics / "token_cosine.json", result.token_cosine)

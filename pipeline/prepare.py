@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from distillery.cli import StageContext, main_for
+from distillery.core.cli import StageContext, main_for
 from distillery.data import load_source, save_prepared, stratified_split, summarize
-from distillery.runs import write_json
+from distillery.core.files import write_json
 
 
 def body(ctx: StageContext) -> str:

@@ -1,11 +1,11 @@
-"""Stage report: reports/report.md, reports/effects.json and reports/figures/*.png."""
+"""Stage report: reports/report.md, reports/effects.json and reports/figures/*.png (no torch)."""
 
-from distillery.cli import StageContext, main_for
-from distillery.report import build_report
+from distillery.core.cli import StageContext, main_for
+from distillery.reporting.report import build_report
 
 
 def body(ctx: StageContext) -> str:
-    md = build_report(ctx.layout.root, ctx.layout.reports, ctx.params.report, ctx.params.seed)
+    md = build_report(ctx.layout, ctx.params)
     return f"wrote {md.relative_to(ctx.layout.root)}"
 
 

@@ -1,58 +1,61 @@
-"""Stage sweep@<loss>: an Optuna study over λ (and τ for soft) on the val split.
+"""Stage sweep@<arm>: the arm's Optuna study on the val split, at the final training budget.
 
-Run an extra worker on the same study with `python pipeline/sweep.py --loss soft` in a
-second shell: both stop once the study holds sweep.n_trials finished trials.
+Every arm gets the same study (trials, epochs, pruner, sampler seed, shared search space); the
+distilled arms add λ (and τ). Run an extra worker on the same study with
+`python pipeline/sweep.py --arm soft` in a second shell: both stop at sweep.n_trials.
 """
 
 import argparse
 
 import mlflow
 
-from distillery.cli import StageContext, main_for
-from distillery.config import check_model_names
+from distillery.core.arms import ARMS, get_arm, search_space, study_budget
+from distillery.core.cli import StageContext, main_for
+from distillery.core.errors import TrainingError
+from distillery.core.files import Best, write_csv, write_json
 from distillery.data import load_prepared
-from distillery.errors import TrainingError
-from distillery.models import load_model
-from distillery.runs import state_digest, write_history_csv, write_json
-from distillery.sweep import TUNED, open_study, param_importance, run_study, study_name
-from distillery.tracking import base_tags, setup_tracking, start_run
-from distillery.trials import make_objective
+from distillery.training.models import check_model_names, load_model
+from distillery.training.runs import state_digest
+from distillery.training.tracking import base_tags, setup_tracking, start_run
+from distillery.tuning.objective import make_objective
+from distillery.tuning.studies import open_study, param_importance, run_study, study_name
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--loss", required=True, choices=["soft", "hard"], help="which distillation loss to tune")
+    parser.add_argument("--arm", required=True, choices=list(ARMS), help="which arm to tune")
 
 
 def body(ctx: StageContext) -> str:
-    p, layout, kind = ctx.params, ctx.layout, ctx.args.loss
+    p, layout, arm = ctx.params, ctx.layout, get_arm(ctx.args.arm)
     check_model_names(p)
     data = load_prepared(layout.prepared)
-    teacher, _, _ = load_model(layout.models / "teacher.pt")
+    teacher = load_model(layout.teacher_model)[0] if arm.uses_teacher else None
     setup_tracking(p.tracking, layout)
-    space = getattr(p.distill, kind)
     fingerprint = {
-        "epochs": p.sweep.epochs, "pruner": p.sweep.pruner, "seed": p.seed,
+        "arm": arm.name, "budget": study_budget(p, arm.name),
+        "space": {k: v.model_dump() for k, v in search_space(p, arm.name).items()},
+        "kl_reduction": p.distill.soft.kl_reduction if arm.name == "soft" else None,
         "student": p.student.model_dump(), "train": p.train.model_dump(), "augment": p.augment.model_dump(),
-        "loss_cfg": space.model_dump(), "teacher": state_digest(teacher),
-        "data": data.fingerprint(),
+        "teacher": state_digest(teacher) if teacher is not None else None, "data": data.fingerprint(),
     }
-    out_dir = layout.sweeps / kind
-    study = open_study(out_dir / "study.db", study_name(kind, fingerprint), p.sweep, p.seed)
-    tags = base_tags(layout, p, f"sweep@{kind}", loss_type=kind, model_kind="sweep_trial")
+    out_dir = layout.sweep_dir(arm.name)
+    name = study_name(arm.name, fingerprint)
+    study = open_study(out_dir / "study.db", name, p.sweep, p.seed, p.train.warmup_epochs, p.student.epochs)
+    tags = base_tags(layout, p, f"sweep@{arm.name}", arm=arm.name, model_kind="sweep_trial")
+    objective = make_objective(p, arm.name, data, teacher, tags)
 
-    objective = make_objective(p, kind, data, teacher, tags)
-
-    with start_run(f"sweep-{kind}", {**tags, "model_kind": "sweep"},
-                   {"loss": kind, "sweep": p.sweep.model_dump(), "study_name": study.study_name}):
+    with start_run(f"sweep-{arm.name}", {**tags, "model_kind": "sweep"},
+                   {"arm": arm.name, "budget": study_budget(p, arm.name), "study_name": name}):
         result = run_study(study, objective, p.sweep.n_trials, lock_path=out_dir / "study.lock")
         if not result.best:
-            raise TrainingError(f"sweep@{kind}: no trial completed; see the prune reasons in MLflow")
-        mlflow.log_metrics({"best_val_acc": result.best["val_acc"], "n_trials": len(result.trials)})
-    write_json(out_dir / "best.json", {"loss": kind, **result.best})
+            raise TrainingError(f"sweep@{arm.name}: no trial completed; see the prune reasons in MLflow")
+        mlflow.log_metrics({"best_objective": result.best["objective"], "n_trials": len(result.trials)})
+    best = Best(arm=arm.name, study_name=name, epochs=p.student.epochs, **result.best)
+    best.save(layout.best(arm.name))
     write_json(out_dir / "importance.json", param_importance(study))
-    write_history_csv(out_dir / "trials.csv", result.trials)
-    hp = ", ".join(f"{k}={result.best[k]:.3g}" for k in TUNED if k in result.best)
-    return f"{kind}: best {hp} (val {result.best['val_acc']:.4f}) over {len(result.trials)} trials"
+    write_csv(out_dir / "trials.csv", result.trials)
+    hp = ", ".join(f"{k}={v:.3g}" for k, v in best.hparams.items())
+    return f"{arm.name}: best trial #{best.trial} ({hp}), val objective {best.objective:.4f} over {len(result.trials)} trials"
 
 
 if __name__ == "__main__":

@@ -1,13 +1,17 @@
-"""Stage teacher: train (or fine-tune) the CNN teacher; write models/teacher.pt and its metrics."""
+"""Stage teacher: train (or fine-tune) the CNN teacher; write models/teacher.pt and its val metrics.
 
-from distillery.cli import StageContext, main_for
-from distillery.config import check_model_names
+The test split is not read here: only evaluate reads it.
+"""
+
+from distillery.core.cli import StageContext, main_for
+from distillery.core.files import write_json
 from distillery.data import load_prepared
-from distillery.evaluate import accuracy_of
-from distillery.models import build_teacher, count_params
-from distillery.recipes import teacher_recipe
-from distillery.runs import tracked_fit, write_json
-from distillery.tracking import base_tags, setup_tracking
+from distillery.training.loop import resolve_device
+from distillery.training.machine import machine_info
+from distillery.training.models import check_model_names, count_params
+from distillery.training.plan import teacher_run
+from distillery.training.runs import tracked_fit
+from distillery.training.tracking import base_tags, setup_tracking
 
 
 def body(ctx: StageContext) -> str:
@@ -15,23 +19,19 @@ def body(ctx: StageContext) -> str:
     check_model_names(p)
     data = load_prepared(layout.prepared)
     setup_tracking(p.tracking, layout)
-    net, spec = build_teacher(p.teacher.model, data.channels, data.num_classes, p.teacher.pretrained, p.seed)
+    net, run = teacher_run(p, data)
     result = tracked_fit(
-        name="teacher", net=net, spec=spec, data=data, recipe=teacher_recipe(p),
+        name=run.name, net=net, spec=run.spec, data=data, recipe=run.recipe,
         tags=base_tags(layout, p, "teacher", model_kind="teacher"),
         log_params={"seed": p.seed, "teacher": p.teacher.model_dump(), "train": p.train.model_dump(),
                     "augment": p.augment.model_dump(), "data": p.data.model_dump()},
-        model_path=layout.models / "teacher.pt", history_path=layout.history / "teacher.csv",
-        checkpoint=layout.checkpoints / "teacher.pt",
+        model_path=layout.teacher_model, history_path=layout.history / "teacher.csv",
+        checkpoint=layout.checkpoint("teacher"),
     )
-    metrics = {
-        "val_acc": accuracy_of(result.net, data, "val", p.train),
-        "test_acc": accuracy_of(result.net, data, "test", p.train),
-        "num_params": count_params(result.net),
-        "epochs": len(result.history),
-    }
+    metrics = {"val_acc": result.history[-1]["val_acc"], "num_params": count_params(result.net),
+               "epochs": len(result.history), "machine": machine_info(resolve_device(p.train.device))}
     write_json(layout.metrics / "teacher.json", metrics)
-    return f"{p.teacher.model}: val {metrics['val_acc']:.4f}, test {metrics['test_acc']:.4f}"
+    return f"{p.teacher.model}: val {metrics['val_acc']:.4f}"
 
 
 if __name__ == "__main__":

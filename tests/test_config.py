@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distillery.config import Params, check_model_names, load_params, parse_params
-from distillery.errors import ConfigError
+from distillery.core.config import Params, load_params, parse_params
+from distillery.training.models import check_model_names
+from distillery.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +41,15 @@ BAD_VALUES = [
     ("data.test_fraction", 1.2, "data.test_fraction=1.2"),
     ("train.batch_size", 0, "train.batch_size=0"),
     ("teacher.epochs", 0, "teacher.epochs=0"),
-    ("final.epochs", -3, "final.epochs=-3"),
+    ("student.epochs", -3, "student.epochs=-3"),
+    ("train.batch_size", 31, "is odd, and Mixup/CutMix"),
+    ("search.mixing", {"choices": [-1.0]}, "negative alpha"),
+    ("search.lr", {"low": 0.0, "high": 1e-3}, "lr > 0"),
+    ("search.drop_path", {"low": 0.0, "high": 1.5}, "leaves [0, 0.99]"),
+    ("arms.with_teacher", ["none"], "arms.with_teacher.0='none'"),
+    ("arms.without_teacher", [], "a distilled arm needs 'none' or 'control'"),
+    ("sweep.objective_epochs", 99, "exceeds student.epochs"),
+    ("report.min_effect", -1, "report.min_effect=-1"),
     ("distill.soft.alpha", {"low": 0.2, "high": 1.5}, "leaves [0, 1]"),
     ("distill.hard.alpha", {"low": 0.8, "high": 0.2}, "low=0.8 > high=0.2"),
     ("distill.soft.tau", {"low": 0.0, "high": 4.0}, "tau > 0"),
@@ -84,7 +93,7 @@ def test_stage_reports_bad_params_in_one_line_without_traceback(tmp_path):
 
 @pytest.mark.parametrize("dotted, value, expected", BAD_VALUES)
 def test_every_bad_value_ends_a_stage_with_one_line(tmp_path, capsys, dotted, value, expected):
-    from distillery.cli import run_stage
+    from distillery.core.cli import run_stage
 
     bad = tmp_path / "params.yaml"
     bad.write_text(yaml.safe_dump(with_value(dotted, value)))
@@ -95,7 +104,7 @@ def test_every_bad_value_ends_a_stage_with_one_line(tmp_path, capsys, dotted, va
 
 
 def test_unknown_model_ends_a_stage_with_one_line(tmp_path, capsys):
-    from distillery.cli import run_stage
+    from distillery.core.cli import run_stage
 
     bad = tmp_path / "params.yaml"
     bad.write_text(yaml.safe_dump(with_value("student.baseline_model", "vit_tiny_patch99")))
@@ -105,7 +114,7 @@ def test_unknown_model_ends_a_stage_with_one_line(tmp_path, capsys):
 
 
 def test_unknown_loss_type_is_refused(capsys):
-    from distillery.cli import run_stage
+    from distillery.core.cli import run_stage
 
     def add_args(parser):
         parser.add_argument("--loss", required=True, choices=["soft", "hard"])
@@ -117,7 +126,7 @@ def test_unknown_loss_type_is_refused(capsys):
 
 
 def test_debug_switch_shows_the_traceback(tmp_path, capsys):
-    from distillery.cli import run_stage
+    from distillery.core.cli import run_stage
 
     bad = tmp_path / "params.yaml"
     bad.write_text(yaml.safe_dump(with_value("train.batch_size", 0)))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from distillery.config import DataConfig
+from distillery.core.config import DataConfig
 from distillery.data import (
     RawDataset,
     load_digits_source,
@@ -16,7 +16,7 @@ from distillery.data import (
     stratified_split,
     summarize,
 )
-from distillery.errors import DataError
+from distillery.core.errors import DataError
 
 
 def labels_fixture():
@@ -75,7 +75,8 @@ def test_prepared_roundtrip(tmp_path):
                      np.repeat(np.arange(3), 20), ["a", "b", "c"])
     idx = stratified_split(raw.labels, 0.2, 0.2, seed=0)
     meta = save_prepared(raw, idx, tmp_path, "unit")
-    prepared = load_prepared(tmp_path)
+    assert "test" not in load_prepared(tmp_path).splits  # only evaluate asks for the test split
+    prepared = load_prepared(tmp_path, splits=("train", "val", "test"))
     assert prepared.classes == ["a", "b", "c"] and prepared.channels == 3 and prepared.image_size == 8
     np.testing.assert_array_equal(prepared.splits["test"].x, raw.images[idx["test"]])
     assert json.loads((tmp_path / "classes.json").read_text()) == ["a", "b", "c"]

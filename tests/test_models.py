@@ -3,8 +3,8 @@
 import timm
 import torch
 
-from distillery.config import StudentConfig
-from distillery.models import (
+from distillery.core.config import StudentConfig
+from distillery.training.models import (
     build_teacher,
     count_params,
     load_model,
@@ -19,7 +19,7 @@ STUDENT = StudentConfig(patch_size=4, embed_dim=32, depth=2, num_heads=2)
 
 def student(distilled=True):
     name = STUDENT.model if distilled else STUDENT.baseline_model
-    return vit_spec("student" if distilled else "baseline", name, 16, 1, 10, STUDENT)
+    return vit_spec("student" if distilled else "baseline", name, 16, 1, 10, STUDENT, 0.1)
 
 
 def test_distilled_student_returns_two_heads_in_distilled_training():

@@ -15,10 +15,9 @@ pytestmark = pytest.mark.slow
 
 SMALL = {
     "teacher.epochs": 3,
-    "final.epochs": 6,
+    "student.epochs": 6,
     "final.seeds": [0],
     "sweep.n_trials": 3,
-    "sweep.epochs": 2,
     "sweep.startup_trials": 1,
 }
 
@@ -61,20 +60,22 @@ def test_same_seed_gives_byte_identical_metrics(project):
 
 
 def test_killed_training_resumes_to_the_uninterrupted_result(project):
-    run_ok([sys.executable, "pipeline/baseline.py"], project)
-    uninterrupted = (project / "metrics/vit.json").read_bytes()
-    (project / "metrics/vit.json").unlink()
+    run_ok([sys.executable, "pipeline/sweep.py", "--arm", "none"], project)
+    run_ok([sys.executable, "pipeline/final.py", "--arm", "none"], project)
+    metrics = project / "metrics/final/none.json"
+    uninterrupted = metrics.read_bytes()
+    metrics.unlink()
 
-    proc = stage(project, "pipeline/baseline.py")
-    ckpt = project / "checkpoints/vit/seed_0.pt"
+    proc = stage(project, "pipeline/final.py", "--arm", "none")
+    ckpt = project / "checkpoints/none-seed0.pt"
     wait_for(lambda: checkpoint_epoch(ckpt) >= 2, what="two epochs checkpointed")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (project / "metrics/vit.json").exists()
+    assert not metrics.exists()
 
-    log = run_ok([sys.executable, "pipeline/baseline.py"], project)
+    log = run_ok([sys.executable, "pipeline/final.py", "--arm", "none"], project)
     assert "resuming from" in log
-    assert (project / "metrics/vit.json").read_bytes() == uninterrupted
+    assert metrics.read_bytes() == uninterrupted
     assert not ckpt.exists()  # a finished run leaves no checkpoint a later run could wrongly resume
 
 
@@ -90,7 +91,7 @@ def finished(trials):
 
 
 def test_killed_sweep_keeps_finished_trials_and_completes_to_the_cap(project):
-    proc = stage(project, "pipeline/sweep.py", "--loss", "soft")
+    proc = stage(project, "pipeline/sweep.py", "--arm", "soft")
     db = project / "sweeps/soft/study.db"
 
     def one_done_one_running():
@@ -107,7 +108,7 @@ def test_killed_sweep_keeps_finished_trials_and_completes_to_the_cap(project):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
 
-    run_ok([sys.executable, "pipeline/sweep.py", "--loss", "soft"], project)
+    run_ok([sys.executable, "pipeline/sweep.py", "--arm", "soft"], project)
     trials = study_trials(project, "soft")
     done = finished(trials)
     assert len(done) == SMALL["sweep.n_trials"]
@@ -120,7 +121,7 @@ def test_two_sweep_workers_stop_at_exactly_the_cap(project):
     raw = yaml.safe_load((project / "params.yaml").read_text())
     raw["sweep"]["n_trials"] = 6
     (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    workers = [stage(project, "pipeline/sweep.py", "--loss", "hard") for _ in range(2)]
+    workers = [stage(project, "pipeline/sweep.py", "--arm", "hard") for _ in range(2)]
     logs = [w.communicate(timeout=600)[0] for w in workers]
     assert all(w.returncode == 0 for w in workers), logs
     trials = study_trials(project, "hard")

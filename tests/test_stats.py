@@ -1,33 +1,126 @@
-"""Effect sizes: the paired bootstrap and the verdicts."""
+"""Paired t intervals over seeds, Holm correction, verdicts, and their coverage on synthetic data."""
+
+import json
+import math
 
 import numpy as np
+import pytest
 
-from distillery.stats import paired_bootstrap, verdict_for
+from distillery.reporting.stats import (compare_arms, holm_adjust, holm_levels, paired_differences, t_interval, t_test_p,
+                              verdict_for)
 
-
-def test_identical_models_have_no_detectable_effect():
-    rng = np.random.default_rng(0)
-    c = (rng.random((2, 300)) < 0.8).astype(float)
-    e = paired_bootstrap(c, c.copy(), n_boot=500)
-    assert e.diff == 0.0 and e.low <= 0.0 <= e.high and e.verdict == "no detectable effect"
+PAIRS = [("soft", "none"), ("hard", "none"), ("soft", "control"), ("hard", "control")]
 
 
-def test_clearly_better_model_helped_and_worse_hurt():
-    rng = np.random.default_rng(1)
-    base = (rng.random((3, 400)) < 0.6).astype(float)
-    better = np.maximum(base, (rng.random((3, 400)) < 0.5))
-    up = paired_bootstrap(better, base, n_boot=500)
-    assert up.verdict == "helped" and up.low > 0 and up.diff > 10
-    assert paired_bootstrap(base, better, n_boot=500).verdict == "hurt"
+def test_t_interval_matches_hand_computation():
+    mean, low, high = t_interval(np.array([1.0, 2.0, 3.0]))
+    half = 4.302653 * 1.0 / math.sqrt(3)  # t_{0.975, 2} * sd / sqrt(n), sd = 1
+    assert mean == pytest.approx(2.0)
+    assert low == pytest.approx(2 - half, abs=1e-4) and high == pytest.approx(2 + half, abs=1e-4)
 
 
-def test_diff_is_in_points_and_matches_the_means():
-    a = np.array([[1, 1, 1, 0]], dtype=float)
-    b = np.array([[1, 0, 0, 0]], dtype=float)
-    assert paired_bootstrap(a, b, n_boot=200).diff == 50.0
+def test_t_interval_single_seed_is_unbounded():
+    assert t_interval(np.array([1.5])) == (1.5, -math.inf, math.inf)
 
 
-def test_verdict_rules():
-    assert verdict_for(0.1, 2.0) == "helped"
-    assert verdict_for(-2.0, -0.1) == "hurt"
-    assert verdict_for(-1.0, 1.0) == "no detectable effect"
+def test_t_test_p_matches_hand_computation_and_edge_cases():
+    assert t_test_p(np.array([1.0, 2.0, 3.0])) == pytest.approx(0.07418, abs=1e-5)  # t = 3.4641, df 2
+    assert t_test_p(np.array([2.0, 2.0, 2.0])) == 0.0
+    assert t_test_p(np.zeros(4)) == 1.0
+    assert t_test_p(np.array([3.0])) == 1.0
+
+
+def test_holm_adjust():
+    assert holm_adjust([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm_adjust([0.7, 0.001, 0.6]) == pytest.approx([1.0, 0.003, 1.0])  # input order kept, capped at 1
+    assert holm_adjust([]) == []
+
+
+def test_holm_levels_step_down_and_stop():
+    a = 0.05
+    # input order deliberately not sorted by p
+    assert holm_levels([0.003, 0.0001, 0.02, 0.001], a) == pytest.approx([1 - a / 2, 1 - a / 4, 1 - a / 1, 1 - a / 3])
+    # second smallest (0.02 > 0.05/3) not rejected: Holm stops, the rest reuse its level
+    assert holm_levels([0.02, 0.001, 0.03, 0.04], a) == pytest.approx([1 - a / 3, 1 - a / 4, 1 - a / 3, 1 - a / 3])
+
+
+def test_paired_differences_match_seeds():
+    d = paired_differences({2: 0.80, 0: 0.70, 5: 0.9}, {0: 0.65, 2: 0.81, 7: 0.1})
+    np.testing.assert_allclose(d, [5.0, -1.0])  # seeds 0 and 2, in seed order, in points
+    with pytest.raises(ValueError, match=r"\[1\].*\[2\]"):
+        paired_differences({1: 0.5}, {2: 0.5})
+
+
+@pytest.mark.parametrize("low, high, expected", [
+    (1.5, 3.0, "helped by more than 1 points"),
+    (0.5, 3.0, "helped (gain may be under 1 points)"),
+    (-3.0, -1.5, "hurt by more than 1 points"),
+    (-3.0, -0.5, "hurt (loss may be under 1 points)"),
+    (-0.8, 0.9, "no effect larger than 1 points"),
+    (-0.5, 2.0, "inconclusive"),
+    (-math.inf, math.inf, "needs ≥ 2 seeds"),
+])
+def test_verdict_rules(low, high, expected):
+    assert verdict_for(low, high, 1.0) == expected
+
+
+def _simulate_pair(rng, n, delta):
+    """Per-seed accuracies of two arms: a shared per-seed part (the pairing) plus independent noise."""
+    shared = rng.normal(0, 1.5, n)
+    a = 0.75 + (shared + delta + rng.normal(0, 0.6, n)) / 100
+    b = 0.75 + (shared + rng.normal(0, 0.6, n)) / 100
+    return dict(enumerate(a)), dict(enumerate(b))
+
+
+@pytest.mark.parametrize("n", [5, 3])
+def test_t_interval_coverage_with_known_effect(n):
+    rng = np.random.default_rng(1234 + n)
+    hits = 0
+    for _ in range(4000):
+        _, low, high = t_interval(paired_differences(*_simulate_pair(rng, n, 2.0)))
+        hits += low <= 2.0 <= high
+    assert 0.935 <= hits / 4000 <= 0.965
+
+
+def test_holm_controls_family_wise_error_and_unadjusted_does_not():
+    rng = np.random.default_rng(7)
+    sims, any_holm, any_raw = 2000, 0, 0
+    for _ in range(sims):
+        shared = rng.normal(0, 1.5, 5)
+        acc = {arm: dict(enumerate(0.75 + (shared + rng.normal(0, 0.6, 5)) / 100))
+               for arm in ("none", "control", "soft", "hard")}  # no arm differs: true Δ = 0 everywhere
+        comps = compare_arms(acc, PAIRS, min_effect=1.0)  # the report's 4 comparisons, sharing references
+        excl = [c.low > 0 or c.high < 0 for c in comps]
+        assert excl == [c.p_holm < 0.05 for c in comps]  # CIs agree with the adjusted p-values
+        any_holm += any(excl)
+        any_raw += any(not (lo <= 0 <= hi) for _, lo, hi in
+                       (t_interval(paired_differences(acc[a], acc[r])) for a, r in PAIRS))
+    assert any_holm / sims <= 0.065
+    assert any_raw / sims > 0.12
+
+
+def test_compare_arms_end_to_end():
+    none = {s: 0.70 + 0.01 * s for s in range(5)}
+    acc = {
+        "none": none,
+        "soft": {s: none[s] + g / 100 for s, g in enumerate([3.0, 3.5, 2.5, 3.2, 2.8])},
+        "hard": {s: none[s] + g / 100 for s, g in enumerate([0.1, -0.1, 0.05, -0.05, 0.0])},
+        "one": {0: 0.9},
+    }
+    comps = compare_arms(acc, PAIRS, min_effect=1.0)  # control missing: family is the two pairs vs none
+    assert [(c.arm, c.reference) for c in comps] == [("soft", "none"), ("hard", "none")]
+    soft, hard = comps
+    assert soft.diff == pytest.approx(3.0) and soft.n_seeds == 5
+    assert soft.verdict == "helped by more than 1 points" and soft.p_holm < 0.05
+    assert soft.level == pytest.approx(1 - 0.05 / 2)  # m = 2, not 4
+    assert hard.verdict == "no effect larger than 1 points" and hard.level == pytest.approx(0.95)
+    assert soft.low < soft.diff < soft.high and soft.p_holm == pytest.approx(2 * soft.p_value)
+
+    acc["control"] = {s: v - 0.002 for s, v in none.items()}
+    four = compare_arms(acc, PAIRS, 1.0)
+    assert len(four) == 4 and max(c.level for c in four) == pytest.approx(1 - 0.05 / 4)  # m = 4 now
+
+    single = compare_arms(acc, [("one", "none")], 1.0)[0]
+    assert single.verdict == "needs ≥ 2 seeds" and single.p_value == 1.0 and single.n_seeds == 1
+    d = single.as_dict()
+    assert d["low"] is None and d["high"] is None and json.loads(json.dumps(d)) == d

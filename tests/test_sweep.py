@@ -1,38 +1,41 @@
-"""Optuna studies: the trial cap holds across reruns, a rerun resumes the stored study."""
+"""Optuna studies: the cap holds across reruns, a rerun resumes, pruning waits for warm-up."""
 
 import optuna
 import pytest
 
-from distillery.config import SoftLossConfig, SweepConfig
-from distillery.sweep import FINISHED, open_study, run_study, study_name, suggest_loss_params
+from distillery.core.config import ChoiceSpec, RangeSpec, SweepConfig
+from distillery.tuning.studies import (FINISHED, fail_abandoned_trials, first_prunable_epoch, open_study, run_study,
+                                       study_name, suggest_space)
+
+SPACE = {"alpha": RangeSpec(low=0.1, high=0.9), "tau": RangeSpec(low=1.0, high=8.0, log=True)}
+
+
+def open_(path, cfg, name="s", warmup=1, epochs=3):
+    return open_study(path, name, cfg, seed=0, warmup_epochs=warmup, epochs=epochs)
 
 
 def objective(trial):
-    hp = suggest_loss_params(trial, SoftLossConfig())
-    for step in range(3):
-        trial.report(hp["alpha"] * (step + 1), step)
+    hp = suggest_space(trial, SPACE)
+    for step in range(1, 4):
+        trial.report(hp["alpha"] * step, step)
         if trial.should_prune():
             raise optuna.TrialPruned()
     return hp["alpha"] - 0.01 * hp["tau"]
 
 
 def test_cap_holds_across_reruns_and_the_study_resumes(tmp_path):
-    cfg = SweepConfig(n_trials=4, epochs=3, startup_trials=2)
-    study = open_study(tmp_path / "study.db", "s", cfg, seed=0)
-    first = run_study(study, objective, cfg.n_trials)
+    cfg = SweepConfig(n_trials=4, startup_trials=2)
+    first = run_study(open_(tmp_path / "study.db", cfg), objective, cfg.n_trials)
     assert len(first.trials) == 4
-    # a rerun (new process: reopen from disk) adds nothing once the cap is reached
-    again = run_study(open_study(tmp_path / "study.db", "s", cfg, seed=0), objective, cfg.n_trials)
+    again = run_study(open_(tmp_path / "study.db", cfg), objective, cfg.n_trials)
     assert [t["number"] for t in again.trials] == [0, 1, 2, 3]
-    # raising the cap continues the same study: old trials kept, numbering goes on
-    more = run_study(open_study(tmp_path / "study.db", "s", cfg, seed=0), objective, 6)
+    more = run_study(open_(tmp_path / "study.db", cfg), objective, 6)
     assert [t["number"] for t in more.trials] == list(range(6))
-    assert more.best["val_acc"] >= first.best["val_acc"]
+    assert more.best["objective"] >= first.best["objective"]
 
 
 def test_interrupted_study_keeps_finished_trials(tmp_path):
-    cfg = SweepConfig(n_trials=5, epochs=3)
-    study = open_study(tmp_path / "study.db", "s", cfg, seed=0)
+    cfg = SweepConfig(n_trials=5)
     calls = {"n": 0}
 
     def dies_on_third(trial):
@@ -42,28 +45,61 @@ def test_interrupted_study_keeps_finished_trials(tmp_path):
         return objective(trial)
 
     with pytest.raises(KeyboardInterrupt):
-        run_study(study, dies_on_third, cfg.n_trials)
-    reopened = open_study(tmp_path / "study.db", "s", cfg, seed=0)
+        run_study(open_(tmp_path / "study.db", cfg), dies_on_third, cfg.n_trials)
+    reopened = open_(tmp_path / "study.db", cfg)
     assert len(reopened.get_trials(states=FINISHED)) == 2
     result = run_study(reopened, objective, cfg.n_trials)
     assert sum(t["state"] in ("COMPLETE", "PRUNED") for t in result.trials) == 5
 
 
-def test_best_records_fixed_parameters(tmp_path):
-    space = SoftLossConfig(alpha={"low": 0.5, "high": 0.5}, tau={"low": 2.0, "high": 2.0})
-    study = open_study(tmp_path / "study.db", "fixed", SweepConfig(n_trials=1), seed=0)
+def test_abandoned_trial_is_failed_through_the_public_api(tmp_path):
+    study = open_(tmp_path / "study.db", SweepConfig())
+    trial = study.ask()
+    trial.set_user_attr("worker", "elsewhere:1")
+    trial.set_user_attr("heartbeat", 0.0)  # never beat since 1970
+    assert fail_abandoned_trials(study, stale_after_s=60) == [trial.number]
+    assert study.trials[trial.number].state == optuna.trial.TrialState.FAIL
 
-    def obj(trial):
-        hp = suggest_loss_params(trial, space)
-        for k, v in hp.items():
-            trial.set_user_attr(k, v)
-        return 0.5
 
-    result = run_study(study, obj, 1)
-    assert result.best["alpha"] == 0.5 and result.best["tau"] == 2.0
+def test_best_records_fixed_and_categorical_knobs(tmp_path):
+    space = {"alpha": RangeSpec(low=0.5, high=0.5), "mixing": ChoiceSpec(choices=[0.8]),
+             "lr": ChoiceSpec(choices=[1e-3, 2e-3])}
+    result = run_study(open_(tmp_path / "study.db", SweepConfig(n_trials=2)),
+                       lambda t: suggest_space(t, space)["lr"], 2)
+    assert result.best["hparams"]["alpha"] == 0.5 and result.best["hparams"]["mixing"] == 0.8
+    assert result.best["hparams"]["lr"] in (1e-3, 2e-3)
 
 
 def test_study_name_changes_with_what_makes_trials_comparable():
     assert study_name("soft", {"epochs": 3}) == study_name("soft", {"epochs": 3})
     assert study_name("soft", {"epochs": 3}) != study_name("soft", {"epochs": 4})
     assert study_name("soft", {"epochs": 3}) != study_name("hard", {"epochs": 3})
+
+
+@pytest.mark.parametrize("pruner", ["successive_halving", "hyperband", "median"])
+@pytest.mark.parametrize("warmup", [0, 2, 4])
+def test_pruning_never_happens_before_warmup_ends(tmp_path, pruner, warmup):
+    """Terrible trials after a good one: each pruner must wait until the first epoch after warm-up."""
+    epochs = 8
+    cfg = SweepConfig(n_trials=12, pruner=pruner, startup_trials=0, reduction_factor=2, prune_from_epoch=1)
+    study = open_(tmp_path / "study.db", cfg, warmup=warmup, epochs=epochs)
+    pruned_at = []
+
+    def obj(trial):
+        good = trial.number == 0
+        for epoch in range(1, epochs + 1):
+            trial.report((1.0 if good else 0.01 * trial.number) * epoch / epochs, epoch)
+            if trial.should_prune():
+                pruned_at.append(epoch)
+                raise optuna.TrialPruned()
+        return 1.0 if good else 0.0
+
+    run_study(study, obj, cfg.n_trials)
+    assert pruned_at, "the pruner never pruned: the test would prove nothing"
+    assert min(pruned_at) >= first_prunable_epoch(warmup, epochs) == warmup + 1
+
+
+def test_pruning_waits_for_prune_from_epoch_when_it_is_later_than_warmup():
+    assert first_prunable_epoch(warmup_epochs=2, epochs=20, prune_from_epoch=8) == 8
+    assert first_prunable_epoch(warmup_epochs=9, epochs=20, prune_from_epoch=8) == 10
+    assert first_prunable_epoch(warmup_epochs=5, epochs=3, prune_from_epoch=1) == 3  # warm-up capped at epochs - 1

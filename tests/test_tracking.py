@@ -2,10 +2,10 @@
 
 import pytest
 
-from distillery.config import TrackingConfig
-from distillery.errors import TrackingError
-from distillery.paths import Layout, project_root
-from distillery.tracking import _check_reachable, flatten, tracking_uri
+from distillery.core.config import TrackingConfig
+from distillery.core.errors import TrackingError
+from distillery.core.paths import Layout, project_root
+from distillery.training.tracking import _check_reachable, flatten, tracking_uri
 
 
 def test_default_database_is_at_the_project_root(tmp_path):

@@ -5,14 +5,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from distillery.config import AugmentConfig, StudentConfig, TrainConfig
+from distillery.core.config import AugmentConfig, StudentConfig, TrainConfig
 from distillery.data import Prepared, Split
-from distillery.errors import TrainingError
-from distillery.losses import DistillLoss
-from distillery.models import vit_spec
-from distillery.train import Recipe, fit
+from distillery.core.errors import TrainingError
+from distillery.training.losses import DistillLoss
+from distillery.training.models import vit_spec
+from distillery.training.loop import Recipe, fit
 
-STUDENT = StudentConfig(patch_size=4, embed_dim=32, depth=2, num_heads=2, drop_path=0.0)
+STUDENT = StudentConfig(patch_size=4, embed_dim=32, depth=2, num_heads=2)
 
 
 def toy_data(n_per_class=24, classes=3, size=8, seed=0):
@@ -34,13 +34,14 @@ def toy_data(n_per_class=24, classes=3, size=8, seed=0):
     return Prepared(splits, [str(c) for c in range(classes)], [0.2], [0.3])
 
 
-def recipe(epochs=3, loss=DistillLoss("none"), augment=None, **train):
-    return Recipe(epochs=epochs, lr=3e-3, weight_decay=0.0, train=TrainConfig(batch_size=16, warmup_epochs=0, **train),
-                  augment=augment or AugmentConfig(translate=0, mixup=0.0, cutmix=0.0), loss=loss, seed=0)
+def recipe(epochs=3, loss=DistillLoss("none"), augment=None, mixing=0.0, **train):
+    return Recipe(epochs=epochs, lr=3e-3, weight_decay=0.0, mixing=mixing,
+                  train=TrainConfig(**{"batch_size": 16, "warmup_epochs": 0, **train}),
+                  augment=augment or AugmentConfig(translate=0), loss=loss, seed=0)
 
 
 def build(distilled):
-    spec = vit_spec("s", STUDENT.model if distilled else STUDENT.baseline_model, 8, 1, 3, STUDENT)
+    spec = vit_spec("s", STUDENT.model if distilled else STUDENT.baseline_model, 8, 1, 3, STUDENT, 0.0)
     torch.manual_seed(0)
     return spec.build()
 
@@ -93,9 +94,9 @@ class RecordingStudent(nn.Module):
 @pytest.mark.parametrize("kind", ["soft", "hard"])
 def test_teacher_scores_exactly_the_augmented_mixed_batch(kind):
     teacher, student = RecordingTeacher(), RecordingStudent(build(True))
-    aug = AugmentConfig(translate=2, hflip=True, mixup=0.8, cutmix=1.0, random_erasing=0.5)
-    fit(student, toy_data(), recipe(epochs=1, loss=DistillLoss(kind, 0.5, 2.0), augment=aug), teacher=teacher,
-        progress=False)
+    aug = AugmentConfig(translate=2, hflip=True, random_erasing=0.5)
+    fit(student, toy_data(), recipe(epochs=1, loss=DistillLoss(kind, 0.5, 2.0), augment=aug, mixing=0.8),
+        teacher=teacher, progress=False)
     assert len(teacher.seen) == len(student.seen) > 0
     for t, s in zip(teacher.seen, student.seen):
         torch.testing.assert_close(t, s, rtol=0, atol=0)
@@ -104,7 +105,7 @@ def test_teacher_scores_exactly_the_augmented_mixed_batch(kind):
 
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
-    data, r = toy_data(), recipe(epochs=4, loss=DistillLoss("none"), augment=AugmentConfig(translate=1, mixup=0.5))
+    data, r = toy_data(), recipe(epochs=4, loss=DistillLoss("none"), augment=AugmentConfig(translate=1), mixing=0.5)
     full = fit(build(False), data, r, checkpoint=tmp_path / "full.pt", progress=False)
 
     class Interrupt(Exception):
@@ -156,3 +157,20 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
 def test_distillation_without_teacher_is_refused():
     with pytest.raises(TrainingError, match="needs a teacher"):
         fit(build(True), toy_data(), recipe(loss=DistillLoss("hard")), progress=False)
+
+
+def test_no_teacher_arm_refuses_a_teacher():
+    """The control arm trains the two-token architecture but must never see the teacher."""
+    with pytest.raises(TrainingError, match="must not see a teacher"):
+        fit(build(True), toy_data(), recipe(loss=DistillLoss("control")), teacher=RecordingTeacher(), progress=False)
+
+
+def test_control_trains_both_heads_on_the_labels():
+    net = build(True)
+    history = fit(net, toy_data(), recipe(epochs=2, loss=DistillLoss("control")), progress=False)
+    assert "val_acc_dist" in history[-1] and "train_distill" in history[-1]
+
+
+def test_odd_batch_with_mixing_is_refused_in_one_line():
+    with pytest.raises(TrainingError, match="odd and Mixup/CutMix"):
+        fit(build(False), toy_data(), recipe(mixing=0.8, batch_size=15), progress=False)

@@ -4,11 +4,11 @@ import mlflow
 import pytest
 from test_train import RecordingTeacher, toy_data
 
-from distillery.config import TrackingConfig, parse_params
-from distillery.paths import Layout
-from distillery.sweep import open_study, run_study
-from distillery.tracking import setup_tracking
-from distillery.trials import make_objective
+from distillery.core.config import TrackingConfig, parse_params
+from distillery.core.paths import Layout
+from distillery.tuning.studies import open_study, run_study
+from distillery.training.tracking import setup_tracking
+from distillery.tuning.objective import make_objective
 
 SMALL_STUDENT = {"patch_size": 4, "embed_dim": 32, "depth": 1, "num_heads": 2}
 
@@ -21,14 +21,16 @@ def tracking(tmp_path):
 
 
 def params_with(lr_range):
-    return parse_params({"data": {"image_size": 8}, "student": SMALL_STUDENT, "train": {"batch_size": 16},
-                         "sweep": {"n_trials": 2, "epochs": 1, "pruner": "none"},
-                         "distill": {"hard": {"alpha": {"low": 0.5, "high": 0.5}, "lr": lr_range}}})
+    return parse_params({"data": {"image_size": 8}, "student": {**SMALL_STUDENT, "epochs": 1},
+                         "train": {"batch_size": 16},
+                         "sweep": {"n_trials": 2, "pruner": "none", "objective_epochs": 1},
+                         "search": {"lr": lr_range},
+                         "distill": {"hard": {"alpha": {"low": 0.5, "high": 0.5}}}})
 
 
 def test_diverging_trials_are_pruned_with_the_reason(tmp_path, tracking):
     params = params_with({"low": 1e30, "high": 1e30})
-    study = open_study(tmp_path / "s.db", "nan", params.sweep, 0)
+    study = open_study(tmp_path / "s.db", "nan", params.sweep, 0, 0, 1)
     result = run_study(study, make_objective(params, "hard", toy_data(), RecordingTeacher(), {}), 2)
     assert [t["state"] for t in result.trials] == ["PRUNED", "PRUNED"]
     assert all("loss became nan" in t["prune_reason"] for t in result.trials)
@@ -39,9 +41,9 @@ def test_diverging_trials_are_pruned_with_the_reason(tmp_path, tracking):
 
 def test_healthy_trials_complete_and_log_their_curves(tmp_path, tracking):
     params = params_with({"low": 1e-3, "high": 1e-3})
-    study = open_study(tmp_path / "s.db", "ok", params.sweep, 0)
+    study = open_study(tmp_path / "s.db", "ok", params.sweep, 0, 0, 1)
     result = run_study(study, make_objective(params, "hard", toy_data(), RecordingTeacher(), {}), 2)
     assert [t["state"] for t in result.trials] == ["COMPLETE", "COMPLETE"]
-    assert result.best["alpha"] == 0.5 and result.best["lr"] == 1e-3
+    assert result.best["hparams"]["alpha"] == 0.5 and result.best["hparams"]["lr"] == 1e-3
     runs = mlflow.search_runs(experiment_names=["t"])
     assert len(runs) == 2 and runs["metrics.val_acc"].notna().all()

@@ -9,11 +9,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .augment import Normalizer
-from .config import TrainConfig
-from .data import Prepared
-from .models import count_params
-from .train import predict, resolve_device
+from ..training.augment import Normalizer
+from ..core.config import TrainConfig
+from ..data import Prepared
+from ..training.models import count_params
+from ..training.loop import predict, resolve_device
 
 
 def accuracy_of(net: nn.Module, data: Prepared, split: str, train_cfg: TrainConfig) -> float:
@@ -85,20 +85,7 @@ def model_summary(net: nn.Module, preds: dict[str, np.ndarray], labels: np.ndarr
     return out
 
 
-def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> list[float]:
-    return [float((pred[labels == c] == c).mean()) if (labels == c).any() else float("nan") for c in range(num_classes)]
-
-
-def confusion_matrix(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(cm, (labels, pred), 1)
-    return cm
-
-
 # ---------------------------------------------------------------- the evaluate stage's work
-MODEL_ORDER = ("teacher", "vit", "deit_soft", "deit_hard")
-
-
 class Evaluation:
     def __init__(self, metrics: dict[str, Any], throughput: dict[str, float], predictions,
                  token_cosine: dict[str, list[float]]):
@@ -106,24 +93,25 @@ class Evaluation:
         self.token_cosine = token_cosine
 
 
-def _checkpoints(models_dir) -> dict[str, list[tuple[int | None, Any]]]:
-    found: dict[str, list[tuple[int | None, Any]]] = {}
-    if (models_dir / "teacher.pt").exists():
-        found["teacher"] = [(None, models_dir / "teacher.pt")]
-    for name in MODEL_ORDER[1:]:
-        d = models_dir / name
-        if d.is_dir():
-            seeds = sorted(d.glob("seed_*.pt"), key=lambda f: int(f.stem.split("_")[1]))
-            if seeds:
-                found[name] = [(int(f.stem.split("_")[1]), f) for f in seeds]
+def _checkpoints(layout: Layout, arms: list[str], seeds: list[int]) -> dict[str, list[tuple[int | None, Path]]]:
+    """teacher (if any distilled arm ran) and every arm's seeds, as params list them; a missing one is an error."""
+    found: dict[str, list[tuple[int | None, Path]]] = {}
+    if layout.teacher_model.exists():
+        found["teacher"] = [(None, layout.teacher_model)]
+    for arm in arms:
+        missing = [layout.model(arm, s) for s in seeds if not layout.model(arm, s).exists()]
+        if missing:
+            raise ConfigError(f"{missing[0]} not found; run the arm's final stage first (dvc repro)")
+        found[arm] = [(s, layout.model(arm, s)) for s in seeds]
     return found
 
 
-def evaluate_all(models_dir, data: Prepared, train_cfg: TrainConfig, repeats: int) -> Evaluation:
+def evaluate_all(layout: Layout, arms: list[str], seeds: list[int], data: Prepared, train_cfg: TrainConfig,
+                 repeats: int) -> Evaluation:
     """Top-1 per head for every model and seed, mean ± std over seeds, agreement with the teacher."""
     import pandas as pd
 
-    from .models import load_model
+    from ..training.models import load_model
 
     labels = data.splits["test"].y
     columns: dict[str, np.ndarray] = {"label": labels}
@@ -131,7 +119,7 @@ def evaluate_all(models_dir, data: Prepared, train_cfg: TrainConfig, repeats: in
     speed: dict[str, float] = {}
     teacher_pred = None
     cosine: dict[str, list[float]] = {}
-    for name, entries in _checkpoints(models_dir).items():
+    for name, entries in _checkpoints(layout, arms, seeds).items():
         per_seed = {}
         per_seed_cosine = []
         for seed, path in entries:

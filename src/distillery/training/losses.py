@@ -5,6 +5,7 @@ Notation: z_c class-head logits, z_d distillation-head logits, z_t teacher logit
 λ = alpha, τ = temperature.
 
 - none: CE(z_c, target)
+- control: (1-λ)·CE(z_c, target) + λ·CE(z_d, target)   (the distilled architecture, no teacher)
 - soft: (1-λ)·CE(z_c, target) + λ·τ²·KL(softmax(z_t/τ) ‖ softmax(z_d/τ))
 - hard: (1-λ)·CE(z_c, target) + λ·CE(z_d, argmax z_t)
 
@@ -21,7 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-LossKind = str  # "none" | "soft" | "hard"
+LossKind = str  # "none" | "control" | "soft" | "hard"
+LOSS_KINDS = ("none", "control", "soft", "hard")
 
 
 @dataclass(frozen=True)
@@ -32,8 +34,8 @@ class DistillLoss:
     kl_reduction: str = "batchmean"
 
     def __post_init__(self) -> None:
-        if self.kind not in ("none", "soft", "hard"):
-            raise ValueError(f"unknown loss kind '{self.kind}'; allowed: none, soft, hard")
+        if self.kind not in LOSS_KINDS:
+            raise ValueError(f"unknown loss kind '{self.kind}'; allowed: {', '.join(LOSS_KINDS)}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha={self.alpha} outside [0, 1]")
         if self.tau <= 0:
@@ -43,6 +45,11 @@ class DistillLoss:
 
     @property
     def needs_teacher(self) -> bool:
+        return self.kind in ("soft", "hard")
+
+    @property
+    def two_heads(self) -> bool:
+        """Trains the distilled architecture: the loss reads both the class and the distillation head."""
         return self.kind != "none"
 
     def __call__(self, outputs, target: torch.Tensor, teacher_logits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -52,6 +59,9 @@ class DistillLoss:
             ce = soft_target_ce(z_c, target)
             return {"loss": ce, "ce": ce}
         z_c, z_d = outputs
+        if self.kind == "control":
+            ce, ce_dist = soft_target_ce(z_c, target), soft_target_ce(z_d, target)
+            return {"loss": (1.0 - self.alpha) * ce + self.alpha * ce_dist, "ce": ce, "distill": ce_dist}
         if teacher_logits is None:
             raise ValueError(f"loss '{self.kind}' needs the teacher's logits")
         ce = soft_target_ce(z_c, target)

@@ -22,9 +22,9 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from .augment import BatchAugment, Normalizer
-from .config import AugmentConfig, TrainConfig
-from .data import Prepared
-from .errors import TrainingError
+from ..core.config import AugmentConfig, TrainConfig
+from ..data import Prepared
+from ..core.errors import TrainingError
 from .losses import DistillLoss, soft_target_ce
 from .models import split_heads
 
@@ -38,6 +38,7 @@ class Recipe:
     epochs: int
     lr: float
     weight_decay: float
+    mixing: float  # Mixup/CutMix alpha, 0 = off
     train: TrainConfig
     augment: AugmentConfig
     loss: DistillLoss = field(default_factory=DistillLoss)
@@ -147,11 +148,13 @@ def fit(net: nn.Module, data: Prepared, recipe: Recipe, *, teacher: nn.Module | 
     loss_fn = recipe.loss
     if loss_fn.needs_teacher and teacher is None:
         raise TrainingError(f"loss '{loss_fn.kind}' needs a teacher model")
+    if teacher is not None and not loss_fn.needs_teacher:
+        raise TrainingError(f"loss '{loss_fn.kind}' must not see a teacher (it is a no-teacher arm)")
     device = resolve_device(recipe.train.device)
     gen = seed_everything(recipe.seed)
     net.to(device)
     if hasattr(net, "set_distilled_training"):
-        net.set_distilled_training(loss_fn.needs_teacher)
+        net.set_distilled_training(loss_fn.two_heads)
     if teacher is not None:
         teacher.to(device).eval()
         for p in teacher.parameters():
@@ -160,6 +163,9 @@ def fit(net: nn.Module, data: Prepared, recipe: Recipe, *, teacher: nn.Module | 
     train = data.splits["train"]
     n = len(train.y)
     batch_size = min(recipe.train.batch_size, n)
+    if recipe.mixing > 0 and batch_size % 2:
+        raise TrainingError(f"{desc}: batch of {batch_size} images is odd and Mixup/CutMix pairs images within a "
+                            "batch; set an even train.batch_size")
     steps_per_epoch = max(1, n // batch_size)  # drop the ragged last batch: mixup needs even batches
     optimizer = create_optimizer_v2(net, opt=recipe.train.optimizer, lr=recipe.lr, weight_decay=recipe.weight_decay)
     scheduler, _ = create_scheduler_v2(
@@ -167,7 +173,8 @@ def fit(net: nn.Module, data: Prepared, recipe: Recipe, *, teacher: nn.Module | 
         min_lr=recipe.train.min_lr, warmup_lr=recipe.lr * 0.01, step_on_epochs=False, updates_per_epoch=steps_per_epoch,
     )
     normalizer = Normalizer(data.mean, data.std, device)
-    augment = BatchAugment(recipe.augment, data.num_classes, recipe.train.label_smoothing, normalizer, device)
+    augment = BatchAugment(recipe.augment, data.num_classes, recipe.train.label_smoothing, normalizer, device,
+                           recipe.mixing)
     x_train = torch.from_numpy(np.array(train.x)).to(device)  # copy: the memory map is read-only
     y_train = torch.as_tensor(train.y).to(device)
 

@@ -62,6 +62,29 @@ class Layout:
     def reports(self) -> Path:
         return self.root / "reports"
 
+    # ------------------------------------------------ per-arm and per-stage files
+    @property
+    def teacher_model(self) -> Path:
+        return self.models / "teacher.pt"
+
+    def sweep_dir(self, arm: str) -> Path:
+        return self.sweeps / arm
+
+    def best(self, arm: str) -> Path:
+        return self.sweeps / arm / "best.json"
+
+    def model(self, arm: str, seed: int) -> Path:
+        return self.models / arm / f"seed_{seed}.pt"
+
+    def history_file(self, arm: str, seed: int) -> Path:
+        return self.history / arm / f"seed_{seed}.csv"
+
+    def checkpoint(self, run: str) -> Path:
+        return self.checkpoints / f"{run}.pt"
+
+    def final_metrics(self, arm: str) -> Path:
+        return self.metrics / "final" / f"{arm}.json"
+
     @property
     def home(self) -> Path:
         """The user's project: DVC_ROOT when DVC sets it (the parent repo of a queued experiment)."""

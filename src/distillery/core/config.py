@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 
-LOSS_TYPES = ("soft", "hard")
 DATA_SOURCES = ("digits", "mnist5k", "folder", "tf_flowers")
 TF_FLOWERS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
 
@@ -51,8 +50,6 @@ class AugmentConfig(_Section):
     randaugment: str | None = None
     translate: int = Field(2, ge=0)
     hflip: bool = False
-    mixup: float = Field(0.8, ge=0.0)
-    cutmix: float = Field(1.0, ge=0.0)
     mix_prob: float = Field(1.0, ge=0.0, le=1.0)
     random_erasing: float = Field(0.0, ge=0.0, le=1.0)
 
@@ -81,6 +78,7 @@ class TeacherConfig(_Section):
     epochs: int = Field(15, ge=1)
     lr: float = Field(2e-3, gt=0.0)
     weight_decay: float = Field(0.01, ge=0.0)
+    mixing: float = Field(0.8, ge=0.0)
 
 
 class StudentConfig(_Section):
@@ -90,9 +88,7 @@ class StudentConfig(_Section):
     embed_dim: int = Field(64, ge=8)
     depth: int = Field(4, ge=1)
     num_heads: int = Field(4, ge=1)
-    drop_path: float = Field(0.1, ge=0.0, lt=1.0)
-    lr: float = Field(2e-3, gt=0.0)
-    weight_decay: float = Field(0.05, ge=0.0)
+    epochs: int = Field(12, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> "StudentConfig":
@@ -115,6 +111,8 @@ class StudentConfig(_Section):
 
 
 class RangeSpec(_Section):
+    """A float searched in [low, high] (log scale if `log`); low == high fixes it."""
+
     low: float
     high: float
     log: bool = False
@@ -127,35 +125,55 @@ class RangeSpec(_Section):
             raise ValueError(f"log scale needs low > 0, got low={self.low:g}")
         return self
 
+    def bounds_within(self, lo: float, hi: float, what: str) -> "RangeSpec":
+        if self.low < lo or self.high > hi:
+            raise ValueError(f"{what} range [{self.low:g}, {self.high:g}] leaves [{lo:g}, {hi:g}]")
+        return self
 
-def _alpha_in_unit(v: RangeSpec) -> RangeSpec:
-    if v.low < 0 or v.high > 1:
-        raise ValueError(f"alpha range [{v.low:g}, {v.high:g}] leaves [0, 1]; allowed: 0 <= low <= high <= 1")
-    return v
+
+class ChoiceSpec(_Section):
+    """A value searched among `choices` (one choice fixes it)."""
+
+    choices: list[float] = Field(min_length=1)
 
 
-class _LossSearch(_Section):
-    """Optional extra sweep dimensions: student lr and weight decay (null keeps student.lr/weight_decay)."""
+SearchSpec = RangeSpec | ChoiceSpec
 
-    lr: RangeSpec | None = None
-    weight_decay: RangeSpec | None = None
+
+class SearchConfig(_Section):
+    """The recipe knobs every arm searches, with the same ranges: equal tuning for every arm."""
+
+    lr: RangeSpec = RangeSpec(low=1e-3, high=4e-3, log=True)
+    weight_decay: RangeSpec = RangeSpec(low=0.01, high=0.1, log=True)
+    mixing: ChoiceSpec = ChoiceSpec(choices=[0.0, 0.2, 0.8])
+    drop_path: RangeSpec = RangeSpec(low=0.0, high=0.1)
 
     @field_validator("lr")
     @classmethod
-    def _lr_positive(cls, v: RangeSpec | None) -> RangeSpec | None:
-        if v is not None and v.low <= 0:
+    def _lr(cls, v: RangeSpec) -> RangeSpec:
+        if v.low <= 0:
             raise ValueError(f"lr range starts at {v.low:g}; allowed: lr > 0")
         return v
 
     @field_validator("weight_decay")
     @classmethod
-    def _wd_nonnegative(cls, v: RangeSpec | None) -> RangeSpec | None:
-        if v is not None and v.low < 0:
-            raise ValueError(f"weight_decay range starts at {v.low:g}; allowed: >= 0")
+    def _wd(cls, v: RangeSpec) -> RangeSpec:
+        return v.bounds_within(0.0, float("inf"), "weight_decay")
+
+    @field_validator("mixing")
+    @classmethod
+    def _mixing(cls, v: ChoiceSpec) -> ChoiceSpec:
+        if any(c < 0 for c in v.choices):
+            raise ValueError(f"mixing choices {v.choices} include a negative alpha; allowed: 0 (off) or alpha > 0")
         return v
 
+    @field_validator("drop_path")
+    @classmethod
+    def _drop_path(cls, v: RangeSpec) -> RangeSpec:
+        return v.bounds_within(0.0, 0.99, "drop_path")
 
-class HardLossConfig(_LossSearch):
+
+class HardLossConfig(_Section):
     """Hard distillation: λ is searched in `alpha`; there is no temperature."""
 
     alpha: RangeSpec = RangeSpec(low=0.1, high=0.9)
@@ -163,10 +181,10 @@ class HardLossConfig(_LossSearch):
     @field_validator("alpha")
     @classmethod
     def _alpha(cls, v: RangeSpec) -> RangeSpec:
-        return _alpha_in_unit(v)
+        return v.bounds_within(0.0, 1.0, "alpha")
 
 
-class SoftLossConfig(_LossSearch):
+class SoftLossConfig(_Section):
     """Soft distillation: λ and τ are searched in `alpha` and `tau`."""
 
     alpha: RangeSpec = RangeSpec(low=0.1, high=0.9)
@@ -176,7 +194,7 @@ class SoftLossConfig(_LossSearch):
     @field_validator("alpha")
     @classmethod
     def _alpha(cls, v: RangeSpec) -> RangeSpec:
-        return _alpha_in_unit(v)
+        return v.bounds_within(0.0, 1.0, "alpha")
 
     @field_validator("tau")
     @classmethod
@@ -191,16 +209,39 @@ class DistillConfig(_Section):
     hard: HardLossConfig = HardLossConfig()
 
 
+class ArmsConfig(_Section):
+    """Which arms run. Split by whether they read the teacher, so teacher edits leave the others alone."""
+
+    without_teacher: list[Literal["none", "control"]] = Field(default_factory=lambda: ["none", "control"])
+    with_teacher: list[Literal["soft", "hard"]] = Field(default_factory=lambda: ["soft", "hard"])
+
+    @model_validator(mode="after")
+    def _check(self) -> "ArmsConfig":
+        for key in ("without_teacher", "with_teacher"):
+            values = getattr(self, key)
+            if len(set(values)) != len(values):
+                raise ValueError(f"arms.{key}={values} repeats an arm; allowed: each arm once")
+        if self.with_teacher and not self.without_teacher:
+            raise ValueError("arms.without_teacher is empty: a distilled arm needs 'none' or 'control' to be compared "
+                             "with; allowed: at least one of none, control")
+        return self
+
+    @property
+    def all(self) -> list[str]:
+        return [*self.without_teacher, *self.with_teacher]
+
+
 class SweepConfig(_Section):
-    n_trials: int = Field(4, ge=1)
-    epochs: int = Field(8, ge=1)
-    pruner: Literal["median", "hyperband", "none"] = "median"
-    startup_trials: int = Field(3, ge=0)
+    n_trials: int = Field(8, ge=1)
+    pruner: Literal["successive_halving", "hyperband", "median", "none"] = "successive_halving"
+    reduction_factor: int = Field(3, ge=2)
+    prune_from_epoch: int = Field(8, ge=1)
+    startup_trials: int = Field(4, ge=0)
+    objective_epochs: int = Field(3, ge=1)
 
 
 class FinalConfig(_Section):
-    epochs: int = Field(25, ge=1)
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1)
 
     @field_validator("seeds")
     @classmethod
@@ -217,7 +258,8 @@ class EvaluateConfig(_Section):
 class ReportConfig(_Section):
     dpi: int = Field(110, ge=30, le=600)
     title: str = "Does distillation help on this data?"
-    bootstrap_samples: int = Field(2000, ge=100)
+    min_effect: float = Field(1.0, ge=0.0)
+    alpha: float = Field(0.05, gt=0.0, lt=0.5)
 
 
 class TrackingConfig(_Section):
@@ -232,6 +274,8 @@ class Params(_Section):
     train: TrainConfig = TrainConfig()
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()
+    arms: ArmsConfig = ArmsConfig()
+    search: SearchConfig = SearchConfig()
     distill: DistillConfig = DistillConfig()
     sweep: SweepConfig = SweepConfig()
     final: FinalConfig = FinalConfig()
@@ -246,6 +290,14 @@ class Params(_Section):
                 f"data.image_size={self.data.image_size} is not divisible by student.patch_size="
                 f"{self.student.patch_size}; allowed: a patch size that divides the image size"
             )
+        if self.train.batch_size % 2 and (self.teacher.mixing > 0 or any(c > 0 for c in self.search.mixing.choices)):
+            raise ValueError(
+                f"train.batch_size={self.train.batch_size} is odd, and Mixup/CutMix (search.mixing, teacher.mixing) "
+                "pair images within a batch; allowed: an even batch size, or mixing 0 everywhere"
+            )
+        if self.sweep.objective_epochs > self.student.epochs:
+            raise ValueError(f"sweep.objective_epochs={self.sweep.objective_epochs} exceeds student.epochs="
+                             f"{self.student.epochs}; allowed: at most student.epochs")
         return self
 
 
@@ -297,20 +349,3 @@ def load_params(path: str | Path) -> Params:
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"{path} must be a mapping of sections, got {type(raw).__name__}")
     return parse_params(raw)
-
-
-def check_model_names(params: Params) -> None:
-    """Names must exist in timm's registry (ours included). Imports timm, so kept out of parsing."""
-    import timm
-
-    from . import models  # noqa: F401  registers our small CNNs
-
-    for key, name in (
-        ("teacher.model", params.teacher.model),
-        ("student.model", params.student.model),
-        ("student.baseline_model", params.student.baseline_model),
-    ):
-        if not timm.is_model(name):
-            close = difflib.get_close_matches(name, timm.list_models(), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"{key}='{name}' is not a timm model{hint}; allowed: any name in timm.list_models()")

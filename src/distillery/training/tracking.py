@@ -11,9 +11,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from .config import Params, TrackingConfig
-from .errors import TrackingError
-from .paths import Layout
+from ..core.config import Params, TrackingConfig
+from ..core.errors import TrackingError
+from ..core.paths import Layout
 
 
 def tracking_uri(cfg: TrackingConfig, layout: Layout) -> str:

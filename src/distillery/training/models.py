@@ -15,7 +15,10 @@ import torch
 import torch.nn as nn
 from timm.models import register_model
 
-from .errors import ConfigError
+import difflib
+
+from ..core.config import Params
+from ..core.errors import ConfigError
 
 
 # ---------------------------------------------------------------- our small CNN teachers
@@ -99,7 +102,8 @@ def teacher_spec(model: str, in_chans: int, num_classes: int) -> ModelSpec:
     return ModelSpec("teacher", model, {"in_chans": in_chans, "num_classes": num_classes})
 
 
-def vit_spec(kind: str, model: str, image_size: int, in_chans: int, num_classes: int, student_cfg) -> ModelSpec:
+def vit_spec(kind: str, model: str, image_size: int, in_chans: int, num_classes: int, student_cfg,
+             drop_path: float) -> ModelSpec:
     return ModelSpec(kind, model, {
         "img_size": image_size,
         "patch_size": student_cfg.patch_size,
@@ -108,7 +112,7 @@ def vit_spec(kind: str, model: str, image_size: int, in_chans: int, num_classes:
         "num_heads": student_cfg.num_heads,
         "in_chans": in_chans,
         "num_classes": num_classes,
-        "drop_path_rate": student_cfg.drop_path,
+        "drop_path_rate": drop_path,
     })
 
 
@@ -183,3 +187,16 @@ def split_heads(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
         feats = net.forward_features(x)
         return net.head(feats[:, 0]), net.head_dist(feats[:, 1])
     return net(x), None
+
+
+def check_model_names(params: Params) -> None:
+    """Names must exist in timm's registry (ours included). Imports timm, so kept out of parsing."""
+    for key, name in (
+        ("teacher.model", params.teacher.model),
+        ("student.model", params.student.model),
+        ("student.baseline_model", params.student.baseline_model),
+    ):
+        if not timm.is_model(name):
+            close = difflib.get_close_matches(name, timm.list_models(), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{key}='{name}' is not a timm model{hint}; allowed: any name in timm.list_models()")

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .config import DataConfig
-from .errors import DataError
+from ..core.config import DataConfig
+from ..core.errors import DataError
 
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -283,13 +283,14 @@ def save_prepared(raw: RawDataset, idx: dict[str, np.ndarray], out: Path, source
     return meta
 
 
-def load_prepared(path: Path) -> Prepared:
+def load_prepared(path: Path, splits: tuple[str, ...] = ("train", "val")) -> Prepared:
+    """The prepared splits. The test split is loaded only when asked for: only evaluate asks."""
     meta_path = path / "meta.json"
     if not meta_path.exists():
         raise DataError(f"no prepared data at '{path}'; run the prepare stage first (dvc repro prepare)")
     meta = json.loads(meta_path.read_text())
-    splits = {s: Split(np.load(path / f"{s}_x.npy", mmap_mode="r"), np.load(path / f"{s}_y.npy")) for s in SPLITS}
-    return Prepared(splits, meta["classes"], meta["mean"], meta["std"])
+    loaded = {s: Split(np.load(path / f"{s}_x.npy", mmap_mode="r"), np.load(path / f"{s}_y.npy")) for s in splits}
+    return Prepared(loaded, meta["classes"], meta["mean"], meta["std"])
 
 
 def summarize(raw: RawDataset, idx: dict[str, np.ndarray], meta: dict) -> dict:

@@ -1,4 +1,4 @@
-"""Optuna studies over the distillation loss: one study per loss type, resumable, capped.
+"""Optuna mechanics: one study per arm, resumable, capped, through Optuna's public API only.
 
 The study lives in an SQLite file that DVC keeps between runs (`persist: true`), so a rerun
 continues where an interrupted one stopped. The study name carries a fingerprint of everything
@@ -20,48 +20,62 @@ from typing import Any, Callable
 
 import optuna
 
-from .config import HardLossConfig, RangeSpec, SoftLossConfig, SweepConfig
+from ..core.config import ChoiceSpec, SearchSpec, SweepConfig
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-TUNED = ("alpha", "tau", "lr", "weight_decay")
 
 
-def study_name(loss_kind: str, fingerprint_parts: dict[str, Any]) -> str:
+def study_name(arm: str, fingerprint_parts: dict[str, Any]) -> str:
     blob = json.dumps(fingerprint_parts, sort_keys=True, default=str)
-    return f"distill-{loss_kind}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+    return f"{arm}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
 
-def make_pruner(cfg: SweepConfig) -> optuna.pruners.BasePruner:
-    if cfg.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=cfg.startup_trials, n_warmup_steps=max(1, cfg.epochs // 3))
+def first_prunable_epoch(warmup_epochs: int, epochs: int, prune_from_epoch: int = 1) -> int:
+    """No trial is judged while its learning rate is still warming up (the loop caps warm-up at epochs - 1),
+    nor before `prune_from_epoch`: right after warm-up every trial still sits near chance, and ranking
+    there ranks noise."""
+    return max(min(warmup_epochs, max(0, epochs - 1)) + 1, prune_from_epoch)
+
+
+def make_pruner(cfg: SweepConfig, warmup_epochs: int, epochs: int) -> optuna.pruners.BasePruner:
+    """Every pruner first looks at a trial at the end of `first_prunable_epoch`."""
+    first = first_prunable_epoch(warmup_epochs, epochs, cfg.prune_from_epoch)
+    if cfg.pruner == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=first, reduction_factor=cfg.reduction_factor)
     if cfg.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=cfg.epochs)
+        return optuna.pruners.HyperbandPruner(min_resource=first, max_resource=epochs,
+                                              reduction_factor=cfg.reduction_factor)
+    if cfg.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=cfg.startup_trials, n_warmup_steps=first)  # prunes from step == n_warmup_steps on
     return optuna.pruners.NopPruner()
 
 
-def open_study(storage_path: Path, name: str, cfg: SweepConfig, seed: int) -> optuna.Study:
+def open_study(storage_path: Path, name: str, cfg: SweepConfig, seed: int, warmup_epochs: int,
+               epochs: int) -> optuna.Study:
     storage_path.parent.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.startup_trials)
     return optuna.create_study(study_name=name, storage=f"sqlite:///{storage_path}", sampler=sampler,
-                               pruner=make_pruner(cfg), direction="maximize", load_if_exists=True)
+                               pruner=make_pruner(cfg, warmup_epochs, epochs), direction="maximize",
+                               load_if_exists=True)
 
 
-def suggest(trial: optuna.Trial, name: str, spec: RangeSpec) -> float:
+def suggest(trial: optuna.Trial, name: str, spec: SearchSpec) -> float:
+    """A fixed knob (low == high, or one choice) is recorded but not searched."""
+    if isinstance(spec, ChoiceSpec):
+        if len(spec.choices) == 1:
+            return float(spec.choices[0])
+        return float(trial.suggest_categorical(name, spec.choices))
     if spec.low == spec.high:
         return float(spec.low)
     return trial.suggest_float(name, spec.low, spec.high, log=spec.log)
 
 
-def suggest_loss_params(trial: optuna.Trial, space: SoftLossConfig | HardLossConfig) -> dict[str, float]:
-    out = {"alpha": suggest(trial, "alpha", space.alpha)}
-    if isinstance(space, SoftLossConfig):
-        out["tau"] = suggest(trial, "tau", space.tau)
-    for extra in ("lr", "weight_decay"):
-        spec = getattr(space, extra)
-        if spec is not None:
-            out[extra] = suggest(trial, extra, spec)
-    return out
+def suggest_space(trial: optuna.Trial, space: dict[str, SearchSpec]) -> dict[str, float]:
+    hp = {name: suggest(trial, name, spec) for name, spec in space.items()}
+    for name, value in hp.items():  # fixed knobs are not trial params: keep every value on the trial
+        trial.set_user_attr(f"hp_{name}", value)
+    return hp
 
 
 @dataclass
@@ -99,8 +113,8 @@ def fail_abandoned_trials(study: optuna.Study, stale_after_s: float) -> list[int
         worker = t.user_attrs.get("worker", "")
         beat = t.user_attrs.get("heartbeat", t.datetime_start.timestamp() if t.datetime_start else now)
         if _is_dead_local_worker(worker) or now - beat > stale_after_s:
-            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", f"worker {worker or '?'} stopped mid-trial")
-            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+            print(f"sweep: trial {t.number} failed: worker {worker or '?'} stopped mid-trial; it will be replaced")
             failed.append(t.number)
     return failed
 
@@ -157,18 +171,23 @@ def param_importance(study: optuna.Study) -> dict[str, float]:
     return {k: float(v) for k, v in imp.items()}
 
 
+def hparams_of(t: optuna.trial.FrozenTrial) -> dict[str, float]:
+    return {k[3:]: v for k, v in t.user_attrs.items() if k.startswith("hp_")}
+
+
 def summarize_study(study: optuna.Study) -> SweepResult:
+    """Every trial (state, hparams, epochs run, objective) and the best completed one."""
     trials = []
     for t in study.get_trials(deepcopy=False):
-        hp = {k: t.user_attrs[k] for k in TUNED if k in t.user_attrs}
-        trials.append({"number": t.number, "state": t.state.name, "value": t.value, **t.params, **hp,
-                       "epochs_run": len(t.intermediate_values),
-                       "last_val_acc": t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None, "prune_reason": t.user_attrs.get("prune_reason", "")})
-    completed = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+        steps = t.intermediate_values
+        trials.append({"number": t.number, "state": t.state.name, "value": t.value, **hparams_of(t),
+                       "epochs_run": len(steps), "last_val_acc": steps[max(steps)] if steps else None,
+                       "prune_reason": t.user_attrs.get("prune_reason", "")})
+    completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not completed:
         return SweepResult(best={}, trials=trials)
     best = study.best_trial
-    hp = {k: best.user_attrs[k] for k in TUNED if k in best.user_attrs}
-    return SweepResult(best={"trial": best.number, "val_acc": best.value, **best.params, **hp,
-                             "n_complete": len(completed), "n_pruned": sum(t["state"] == "PRUNED" for t in trials)},
+    return SweepResult(best={"trial": best.number, "objective": best.value, "hparams": hparams_of(best),
+                             "n_trials": len(trials), "n_complete": len(completed),
+                             "n_pruned": sum(t["state"] == "PRUNED" for t in trials)},
                        trials=trials)

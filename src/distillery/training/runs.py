@@ -1,46 +1,23 @@
 """A tracked training run: train, checkpoint, save the model and its history, log to MLflow.
 
-Shared by the teacher, distill, baseline and sweep stages so that every model is trained,
-saved and logged the same way.
+Shared by the teacher and final stages so that every kept model is trained, saved and logged the
+same way (sweep trials log through the same EpochLogger but keep no model).
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
 
-from .data import Prepared
+from ..core.files import write_csv
+from ..data import Prepared
 from .models import ModelSpec, count_params, save_model
 from .tracking import EpochLogger, start_run
-from .train import EpochCallback, Recipe, checkpoint_fingerprint, fit
-
-
-def write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def write_history_csv(path: Path, history: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    keys: list[str] = []
-    for row in history:
-        keys.extend(k for k in row if k not in keys)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        for row in history:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-
-
-def read_history_csv(path: Path) -> list[dict[str, float]]:
-    with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+from .loop import EpochCallback, Recipe, checkpoint_fingerprint, fit
 
 
 def state_digest(net: nn.Module) -> str:
@@ -80,7 +57,7 @@ def tracked_fit(*, name: str, net: nn.Module, spec: ModelSpec, data: Prepared, r
         history = fit(net, data, recipe, teacher=teacher, callbacks=[EpochLogger(), *extra_callbacks],
                       checkpoint=checkpoint, desc=name, fingerprint_extra=fingerprint_extra)
         save_model(model_path, net, spec, {"history": history})
-        write_history_csv(history_path, history)
+        write_csv(history_path, history)
         final = {f"final_{k}": v for k, v in history[-1].items() if k.startswith("val_")}
         mlflow.log_metrics(final)
         mlflow.log_artifact(str(history_path), artifact_path="history")

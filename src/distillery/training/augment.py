@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .config import AugmentConfig
+from ..core.config import AugmentConfig
 from .losses import smoothed_one_hot
 
 
@@ -49,7 +49,8 @@ class BatchAugment:
     """uint8 batch + labels -> normalised augmented batch + target distribution."""
 
     def __init__(self, cfg: AugmentConfig, num_classes: int, label_smoothing: float, normalizer: Normalizer,
-                 device: torch.device):
+                 device: torch.device, mixing: float = 0.0):
+        """`mixing` is the Mixup and CutMix alpha (both; 0 = off): a searched knob, not a fixed augment setting."""
         self.cfg = cfg
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
@@ -61,10 +62,10 @@ class BatchAugment:
             fill = tuple(int(round(m * 255)) for m in normalizer.mean.flatten().tolist())
             self.randaugment = rand_augment_transform(cfg.randaugment, {"img_mean": fill})
         self.mixup = None
-        if cfg.mixup > 0 or cfg.cutmix > 0:
+        if mixing > 0:
             from timm.data import Mixup
 
-            self.mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mix_prob,
+            self.mixup = Mixup(mixup_alpha=mixing, cutmix_alpha=mixing, prob=cfg.mix_prob,
                                label_smoothing=label_smoothing, num_classes=num_classes)
         self.erasing = None
         if cfg.random_erasing > 0:
@@ -89,7 +90,9 @@ class BatchAugment:
         x = random_translate(x, self.cfg.translate, gen)
         if self.cfg.hflip:
             x = random_hflip(x, gen)
-        if self.mixup is not None and x.shape[0] % 2 == 0:
+        if self.mixup is not None:
+            if x.shape[0] % 2:  # timm pairs images within the batch: never skip mixing silently
+                raise ValueError(f"Mixup/CutMix needs an even batch, got {x.shape[0]} images")
             x, target = self.mixup(x, y)
         else:
             target = smoothed_one_hot(y, self.num_classes, self.label_smoothing)

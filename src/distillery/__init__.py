@@ -1,0 +1,1 @@
+"""distillery: DeiT distillation experiments as a DVC pipeline."""

@@ -1,0 +1,76 @@
+"""Reading and writing the pipeline's small files (JSON, CSV histories, best.json), without torch.
+
+The report stage imports only this, the config and the statistics: it never loads a model.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import ConfigError
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    if not path.exists():
+        raise ConfigError(f"{path} not found; run the stage that writes it first (dvc repro)")
+    return json.loads(path.read_text())
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys: list[str] = []
+    for row in rows:
+        keys.extend(k for k in row if k not in keys)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def read_history_csv(path: Path) -> list[dict[str, float]]:
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
+def objective_of(history: list[dict[str, Any]], last: int) -> float:
+    """The sweep objective: mean val accuracy over the last `last` epochs (one epoch is too noisy)."""
+    tail = [row["val_acc"] for row in history[-last:]]
+    return sum(tail) / len(tail)
+
+
+class Best(BaseModel):
+    """sweeps/<arm>/best.json: the winning trial of an arm's study."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    arm: str
+    study_name: str
+    trial: int
+    objective: float  # mean val accuracy over the last sweep.objective_epochs epochs
+    hparams: dict[str, float]
+    n_trials: int
+    n_complete: int
+    n_pruned: int
+    epochs: int
+
+    def save(self, path: Path) -> None:
+        write_json(path, self.model_dump())
+
+    @classmethod
+    def load(cls, path: Path) -> "Best":
+        try:
+            return cls.model_validate(read_json(path))
+        except ValidationError as exc:
+            raise ConfigError(f"{path} is not a best.json this version wrote ({exc.error_count()} problem(s)); "
+                              "rerun its sweep stage") from None

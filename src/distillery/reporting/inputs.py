@@ -1,0 +1,72 @@
+"""Everything the report reads, loaded from the files earlier stages wrote (no torch, no models)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..core.config import Params
+from ..core.files import Best, read_history_csv, read_json
+from ..core.paths import Layout
+
+
+@dataclass
+class ReportInputs:
+    params: Params
+    arms: list[str]
+    data_summary: dict[str, Any]
+    skipped: list[dict[str, str]]
+    classes: list[str]
+    teacher: dict[str, Any]
+    evaluation: dict[str, Any]
+    throughput: dict[str, float]
+    predictions: pd.DataFrame
+    token_cosine: dict[str, list[float]]
+    histories: dict[str, list[list[dict[str, float]]]]  # arm (or "teacher") -> one history per seed
+    best: dict[str, Best]
+    trials: dict[str, pd.DataFrame]
+    importance: dict[str, dict[str, float]]
+    finals: dict[str, dict[str, Any]]
+
+    def per_seed_test_acc(self) -> dict[str, dict[int, float]]:
+        """Test accuracy of the inference rule (averaged heads where there are two) per arm and seed."""
+        return {arm: {int(s): v["test_acc_avg"] for s, v in self.evaluation[arm]["per_seed"].items()}
+                for arm in self.arms if arm in self.evaluation}
+
+
+def load_inputs(layout: Layout, params: Params) -> ReportInputs:
+    arms = params.arms.all
+    histories: dict[str, list[list[dict[str, float]]]] = {}
+    if (layout.history / "teacher.csv").exists():
+        histories["teacher"] = [read_history_csv(layout.history / "teacher.csv")]
+    for arm in arms:
+        files = [layout.history_file(arm, s) for s in params.final.seeds]
+        histories[arm] = [read_history_csv(f) for f in files if f.exists()]
+    skipped = layout.prepared / "skipped.json"
+    cosine = layout.metrics / "token_cosine.json"
+    return ReportInputs(
+        params=params, arms=arms,
+        data_summary=read_json(layout.metrics / "data.json"),
+        skipped=read_json(skipped) if skipped.exists() else [],
+        classes=read_json(layout.prepared / "classes.json"),
+        teacher=read_json(layout.metrics / "teacher.json"),
+        evaluation=read_json(layout.metrics / "evaluation.json"),
+        throughput=read_json(layout.metrics / "throughput.json"),
+        predictions=pd.read_csv(layout.metrics / "test_predictions.csv"),
+        token_cosine=read_json(cosine) if cosine.exists() else {},
+        histories=histories,
+        best={arm: Best.load(layout.best(arm)) for arm in arms},
+        trials={arm: pd.read_csv(layout.sweep_dir(arm) / "trials.csv") for arm in arms},
+        importance={arm: read_json(p) for arm in arms if (p := layout.sweep_dir(arm) / "importance.json").exists()},
+        finals={arm: read_json(layout.final_metrics(arm)) for arm in arms},
+    )
+
+
+def seed_columns(pred: pd.DataFrame, arm: str, head: str = "avg") -> list[str]:
+    """Prediction columns of one arm's head, one per seed; the plain ViT has only its class head."""
+    if arm == "none":
+        head = "cls"
+    return sorted(c for c in pred.columns if c.startswith(f"{arm}_s") and c.endswith(f"_{head}"))

@@ -1,0 +1,182 @@
+"""The report: reports/report.md, reports/effects.json and reports/figures/*.png.
+
+Built only from files the pipeline wrote; imports no torch. The headline is best-vs-best: each arm
+at the configuration its own (equal-budget) study chose, compared on the test split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.arms import ARMS, DISTILLED, REFERENCES, is_fixed, search_space, study_budget
+from ..core.config import ChoiceSpec, Params
+from ..core.files import write_json
+from ..core.paths import Layout
+from . import figures
+from .inputs import ReportInputs, load_inputs
+from .stats import Comparison, compare_arms
+
+FIGURES = {
+    "effects.png": (None, "Each distilled arm minus each reference on the test split: Δ with its Holm-adjusted CI; "
+                          "the grey band is ±min_effect, declared in params before the run."),
+    "delta_val.png": (figures.fig_delta_val, "Δ val accuracy per epoch (distilled − reference, paired by seed): "
+                                             "is the effect still moving when training stops?"),
+    "learning_curves.png": (figures.fig_learning_curves, "Val accuracy and training loss per epoch, every arm."),
+    "sweeps.png": (figures.fig_sweeps, "Each arm's study: trials (pruned ones hollow, with the epoch they stopped at), "
+                                       "the best trial, and the final seeds' val objective."),
+    "heads.png": (figures.fig_heads, "Class head, distillation head and their average for the two-token arms."),
+    "agreement.png": (figures.fig_agreement, "How often each arm predicts the teacher's class on the test split."),
+    "token_cosine.png": (figures.fig_token_cosine, "Cosine similarity of the class and distillation tokens by layer."),
+    "per_class.png": (figures.fig_per_class, "Per-class test accuracy, mean over seeds."),
+}
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def _pct_std(ev: dict[str, Any], key: str) -> str:
+    if key not in ev:
+        return "–"
+    std = ev.get(f"{key}_std")
+    return f"{100 * ev[key]:.1f} ± {100 * std:.1f}" if std is not None else f"{100 * ev[key]:.1f}"
+
+
+def _spec(spec) -> str:
+    if isinstance(spec, ChoiceSpec):
+        return "{" + ", ".join(f"{c:g}" for c in spec.choices) + "}"
+    if is_fixed(spec):
+        return f"{spec.low:g} (fixed)"
+    return f"[{spec.low:g}, {spec.high:g}]" + (" log" if spec.log else "")
+
+
+def comparisons_of(inputs: ReportInputs) -> list[Comparison]:
+    p = inputs.params
+    pairs = [(d, r) for d in DISTILLED if d in inputs.arms for r in REFERENCES if r in inputs.arms]
+    return compare_arms(inputs.per_seed_test_acc(), pairs, p.report.min_effect, p.report.alpha)
+
+
+def _machines(inputs: ReportInputs) -> list[str]:
+    seen = []
+    for m in [inputs.teacher.get("machine"), *(f.get("machine") for f in inputs.finals.values())]:
+        if m:
+            text = (f"{m['cpu']} ({m['cpu_count']} logical CPUs), {m.get('gpu') or 'no GPU'}, torch {m['torch']} "
+                    f"with {m['torch_threads']} threads, Python {m['python']}, {m['os']}")
+            if text not in seen:
+                seen.append(text)
+    return seen
+
+
+def render_markdown(inputs: ReportInputs, comps: list[Comparison], figs: list[str]) -> str:
+    p, ev, ds = inputs.params, inputs.evaluation, inputs.data_summary
+    c = ds["counts"]
+    n_seeds = len(p.final.seeds)
+    budget = study_budget(p, inputs.arms[0])
+    lines = [f"# {p.report.title}", "",
+             f"Data: **{ds['source']}**, {ds['num_classes']} classes, {ds['channels']}×{ds['image_size']}×"
+             f"{ds['image_size']} px, train/val/test = {c['train']}/{c['val']}/{c['test']} images"
+             + (f", {ds['num_skipped']} file(s) skipped (listed below)" if ds.get("num_skipped") else "") + ".",
+             f"Machine: {'; '.join(_machines(inputs)) or 'not recorded'}.", ""]
+    # ------------------------------------------------------------------ headline
+    lines += ["## Headline (best vs best, test split)", ""]
+    if comps:
+        lines += [f"Each arm was tuned by its own study with the same budget, then its best configuration was "
+                  f"retrained with {n_seeds} seeds. Δ is the mean over seeds of the paired per-seed difference in test "
+                  f"accuracy; the CI is a t-interval over those {n_seeds} differences, Holm-adjusted across the "
+                  f"{len(comps)} comparisons (family-wise α = {p.report.alpha:g}). Declared before the run: an effect "
+                  f"matters if it exceeds **{p.report.min_effect:g} points** (`report.min_effect`).", "",
+                  "| comparison | Δ (points) | adjusted CI | CI level | Holm p | verdict |",
+                  "| --- | ---: | --- | ---: | ---: | --- |"]
+        for k in comps:
+            ci = f"[{k.low:+.1f}, {k.high:+.1f}]" if np.isfinite(k.low) else "–"
+            lines.append(f"| {k.arm} − {k.reference} | {k.diff:+.1f} | {ci} | {100 * k.level:.2f}% | "
+                         f"{k.p_holm:.3f} | **{k.verdict}** |")
+        lines += ["", f"Soft distillation uses KL normalisation `{p.distill.soft.kl_reduction}` "
+                      "(`batchmean`: textbook KD, as timm; `numel`: the DeiT reference code, C times smaller). "
+                      "`control` is the distilled architecture without a teacher (both tokens learn the labels): "
+                      "distilled − control isolates the teacher's signal from the extra token and the averaged heads. "
+                      "The interval reflects seed-to-seed variance (initialisation and data order) on this fixed test "
+                      "split; it does not cover sampling a new test split.", ""]
+    else:
+        lines += ["No distilled arm and reference both ran: nothing to compare.", ""]
+    # ------------------------------------------------------------------ results table
+    lines += ["## Test accuracy per arm", "", f"Mean ± std over {n_seeds} seeds; the teacher is one model.", "",
+              "| model | params | class head | dist head | inference (avg of heads) | agreement with teacher | images/s |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name in ["teacher", *inputs.arms]:
+        if name not in ev:
+            continue
+        m = ev[name]
+        lines.append(f"| {figures.label(name)} | {m['num_params'] / 1e6:.2f} M | {_pct_std(m, 'test_acc_cls')} | "
+                     f"{_pct_std(m, 'test_acc_dist')} | {_pct_std(m, 'test_acc_avg')} | "
+                     f"{_pct(m.get('teacher_agreement'))} | {inputs.throughput.get(name, float('nan')):,.0f} |")
+    # ------------------------------------------------------------------ budget and recipes
+    lines += ["", "## Tuning budget (identical for every arm)", "",
+              f"{budget['n_trials']} trials per arm, each trained for the full {budget['epochs_per_trial']} epochs "
+              f"of the final runs ({budget['warmup_epochs']} warm-up, cosine) unless pruned; pruner "
+              f"`{budget['pruner']}` (reduction factor {budget['reduction_factor']}), never before warm-up ends; "
+              f"TPE sampler seeded with {budget['sampler_seed']}, {budget['startup_trials']} random start-up trials; "
+              f"objective: mean val accuracy of the last {budget['objective_epochs']} epochs.", "",
+              "| knob | searched over |", "| --- | --- |"]
+    for arm in inputs.arms:
+        own = {k: v for k, v in search_space(p, arm).items() if k not in budget["shared_space"]}
+        for k, v in own.items():
+            lines.append(f"| {k} ({arm} only) | {_spec(v)} |")
+    for k, v in search_space(p, "none").items():
+        lines.append(f"| {k} (every arm) | {_spec(v)} |")
+    lines += ["", "## Winning recipe per arm, and whether the sweep's estimate held", "",
+              "Best trial: its val objective at seed " f"{p.seed}" ". Final: the same configuration retrained with "
+              "every final seed (mean ± std of the same val objective). A best trial well above the final mean is "
+              "the winner's curse of a small study.", "",
+              "| arm | trials (done / pruned) | best trial | lr | weight decay | mixing | drop path | λ | τ | "
+              "best trial val | final val |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for arm in inputs.arms:
+        b, f = inputs.best[arm], inputs.finals[arm]
+        hp = b.hparams
+        finals = np.array([s["objective"] for s in f["per_seed"].values()])
+        std = f" ± {100 * finals.std(ddof=1):.1f}" if len(finals) > 1 else ""
+        lines.append(f"| {arm} | {b.n_complete} / {b.n_pruned} | #{b.trial} | {hp['lr']:.2g} | {hp['weight_decay']:.2g} | "
+                     f"{hp['mixing']:g} | {hp['drop_path']:.2f} | {hp.get('alpha', float('nan')):.2f} | "
+                     f"{hp.get('tau', float('nan')):.2f} | {_pct(b.objective)} | {100 * finals.mean():.1f}{std} |")
+    lines += ["", f"Teacher (`{p.teacher.model}`): val accuracy {_pct(inputs.teacher['val_acc'])}%.", ""]
+    # ------------------------------------------------------------------ figures and the rest
+    lines += ["## Figures", ""]
+    for f in figs:
+        lines += [f"![{f}](figures/{f})", "", f"*{FIGURES[f][1]}*", ""]
+    lines += ["## Reproducibility", "",
+              "On the CPU, the same params, code, torch version and machine give byte-identical models and "
+              "`metrics/*.json` (except `metrics/throughput.json`: timings). Another CPU model or torch version "
+              "changes floating-point rounding, and the runs then agree only within seed noise; on a GPU, bf16 "
+              "autocast and non-deterministic kernels do the same. The machine above is the one this report ran on.",
+              ""]
+    if inputs.skipped:
+        lines += ["## Skipped input files", "", "| file | reason |", "| --- | --- |"]
+        lines += [f"| {s['file']} | {s['reason']} |" for s in inputs.skipped[:50]]
+        lines.append("")
+    lines += ["---", "Generated by `dvc repro` (stage `report`); per-run details are in MLflow (`mlflow ui`)."]
+    return "\n".join(lines) + "\n"
+
+
+def build_report(layout: Layout, params: Params) -> Path:
+    inputs = load_inputs(layout, params)
+    out = layout.reports
+    fig_dir = out / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    comps = comparisons_of(inputs)
+    figures.fig_effects(comps, params.report.min_effect, fig_dir / "effects.png", params.report.dpi)
+    for name, (fn, _) in FIGURES.items():
+        if fn is not None:
+            fn(inputs, fig_dir / name, params.report.dpi)
+    md = out / "report.md"
+    md.write_text(render_markdown(inputs, comps, list(FIGURES)))
+    write_json(out / "effects.json", {
+        "min_effect_points": params.report.min_effect, "family_alpha": params.report.alpha,
+        "kl_reduction": params.distill.soft.kl_reduction, "n_seeds": len(params.final.seeds),
+        "comparisons": {f"{k.arm}-{k.reference}": k.as_dict() for k in comps},
+        "arms": {arm: {"test_acc": inputs.evaluation[arm]["test_acc"], "hparams": inputs.best[arm].hparams}
+                 for arm in inputs.arms},
+    })
+    return md

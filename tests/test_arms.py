@@ -1,0 +1,56 @@
+"""The protocol's invariants: every arm gets the same study, trials train at the final budget."""
+
+import pytest
+from test_train import toy_data
+
+from distillery.core.arms import ARMS, search_space, study_budget
+from distillery.core.config import parse_params
+from distillery.core.files import Best
+from distillery.training.plan import final_run, trial_run
+
+PARAMS = parse_params({"data": {"image_size": 8}, "student": {"patch_size": 4, "embed_dim": 32, "depth": 1,
+                                                             "num_heads": 2, "epochs": 5}})
+HP = {"lr": 2e-3, "weight_decay": 0.05, "mixing": 0.2, "drop_path": 0.05, "alpha": 0.5, "tau": 2.0}
+
+
+def test_every_arm_gets_the_same_budget_and_shared_search():
+    budgets = {arm: study_budget(PARAMS, arm) for arm in ARMS}
+    assert all(b == budgets["none"] for b in budgets.values()), budgets
+    shared = {k: v for k, v in search_space(PARAMS, "none").items()}
+    assert set(shared) >= {"lr", "weight_decay", "mixing", "drop_path"}
+    for arm in ARMS:
+        space = search_space(PARAMS, arm)
+        assert {k: space[k] for k in shared} == shared  # same knobs, same ranges
+    assert set(search_space(PARAMS, "soft")) - set(shared) == {"alpha", "tau"}
+    assert set(search_space(PARAMS, "hard")) - set(shared) == {"alpha"}
+    assert set(search_space(PARAMS, "control")) == set(shared)
+
+
+@pytest.mark.parametrize("arm", list(ARMS))
+def test_a_trial_trains_exactly_the_final_schedule(arm):
+    data = toy_data(size=8)
+    trial = trial_run(PARAMS, arm, data, HP, number=3)
+    best = Best(arm=arm, study_name="s", trial=3, objective=0.5, hparams=HP, n_trials=1, n_complete=1, n_pruned=0,
+                epochs=PARAMS.student.epochs)
+    final = final_run(PARAMS, arm, data, best, seed=PARAMS.seed)
+    assert trial.recipe == final.recipe  # same epochs, warm-up, schedule, loss, seed
+    assert trial.spec == final.spec
+    assert trial.log_params(PARAMS).keys() == final.log_params(PARAMS).keys()
+    assert trial.recipe.epochs == PARAMS.student.epochs
+
+
+def test_only_distilled_arms_use_the_teacher():
+    data = toy_data(size=8)
+    uses = {arm: trial_run(PARAMS, arm, data, HP, 0).uses_teacher for arm in ARMS}
+    assert uses == {"none": False, "control": False, "soft": True, "hard": True}
+    assert trial_run(PARAMS, "control", data, HP, 0).spec.name == PARAMS.student.model  # two tokens
+    assert trial_run(PARAMS, "none", data, HP, 0).spec.name == PARAMS.student.baseline_model
+
+
+def test_final_seeds_vary_initialisation_and_data_order():
+    data = toy_data(size=8)
+    best = Best(arm="soft", study_name="s", trial=0, objective=0.5, hparams=HP, n_trials=1, n_complete=1, n_pruned=0,
+                epochs=5)
+    a, b = final_run(PARAMS, "soft", data, best, seed=1), final_run(PARAMS, "soft", data, best, seed=2)
+    assert a.recipe.seed != b.recipe.seed  # data order and augmentation draw from the recipe seed
+    assert a.seed != b.seed  # initialisation: spec.build(seed)
