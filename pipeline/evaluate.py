@@ -9,6 +9,8 @@ from distillery.core.cli import StageContext, main_for
 from distillery.core.files import write_json
 from distillery.data import SPLITS, load_prepared
 from distillery.evaluation.evaluate import evaluate_all
+from distillery.training.loop import resolve_device
+from distillery.training.machine import machine_info
 
 
 def body(ctx: StageContext) -> str:
@@ -16,7 +18,8 @@ def body(ctx: StageContext) -> str:
     data = load_prepared(layout.prepared, splits=SPLITS)
     result = evaluate_all(layout, p.arms.all, p.final.seeds, data, p.train, p.evaluate.throughput_repeats)
     write_json(layout.metrics / "evaluation.json", result.metrics)
-    write_json(layout.metrics / "throughput.json", result.throughput)
+    device = resolve_device(p.train.device)
+    write_json(layout.metrics / "throughput.json", {"images_per_s": result.throughput, "machine": machine_info(device)})
     write_json(layout.metrics / "token_cosine.json", result.token_cosine)
     result.predictions.to_csv(layout.metrics / "test_predictions.csv", index=False)
     parts = [f"{name} {m['test_acc']:.4f}" for name, m in result.metrics.items()]

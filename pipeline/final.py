@@ -8,6 +8,7 @@ import argparse
 
 from distillery.core.arms import ARMS, get_arm
 from distillery.core.cli import StageContext, main_for
+from distillery.core.errors import ConfigError
 from distillery.core.files import Best, objective_of, write_json
 from distillery.data import load_prepared
 from distillery.training.loop import resolve_device
@@ -26,6 +27,10 @@ def body(ctx: StageContext) -> str:
     p, layout, arm = ctx.params, ctx.layout, get_arm(ctx.args.arm)
     check_model_names(p)
     best = Best.load(layout.best(arm.name))
+    if best.arm != arm.name or best.epochs != p.student.epochs:
+        raise ConfigError(f"{layout.best(arm.name)} is from a study of arm '{best.arm}' at {best.epochs} epochs, but "
+                          f"this run trains '{arm.name}' at student.epochs={p.student.epochs}; rerun the sweep first "
+                          f"(dvc repro {arm.stage('sweep')})")
     data = load_prepared(layout.prepared)
     teacher = load_model(layout.teacher_model)[0] if arm.uses_teacher else None
     setup_tracking(p.tracking, layout)
@@ -34,7 +39,7 @@ def body(ctx: StageContext) -> str:
         run = final_run(p, arm.name, data, best, seed)
         result = tracked_fit(
             name=run.name, net=run.spec.build(seed), spec=run.spec, data=data, recipe=run.recipe,
-            tags=base_tags(layout, p, f"final@{arm.name}", arm=arm.name, seed=str(seed), model_kind="final"),
+            tags=base_tags(layout, p, arm.stage("final"), arm=arm.name, seed=str(seed), model_kind="final"),
             log_params=run.log_params(p), model_path=layout.model(arm.name, seed),
             history_path=layout.history_file(arm.name, seed), checkpoint=layout.checkpoint(run.name),
             teacher=teacher,

@@ -31,8 +31,9 @@ def body(ctx: StageContext) -> str:
     data = load_prepared(layout.prepared)
     teacher = load_model(layout.teacher_model)[0] if arm.uses_teacher else None
     setup_tracking(p.tracking, layout)
-    fingerprint = {
-        "arm": arm.name, "budget": study_budget(p, arm.name),
+    budget = study_budget(p, arm.name)
+    fingerprint = {  # n_trials is left out: it is a stopping rule, raising it continues the same study
+        "arm": arm.name, "budget": {k: v for k, v in budget.items() if k != "n_trials"},
         "space": {k: v.model_dump() for k, v in search_space(p, arm.name).items()},
         "kl_reduction": p.distill.soft.kl_reduction if arm.name == "soft" else None,
         "student": p.student.model_dump(), "train": p.train.model_dump(), "augment": p.augment.model_dump(),
@@ -40,13 +41,14 @@ def body(ctx: StageContext) -> str:
     }
     out_dir = layout.sweep_dir(arm.name)
     name = study_name(arm.name, fingerprint)
-    study = open_study(out_dir / "study.db", name, p.sweep, p.seed, p.train.warmup_epochs, p.student.epochs)
-    tags = base_tags(layout, p, f"sweep@{arm.name}", arm=arm.name, model_kind="sweep_trial")
+    study = open_study(out_dir / "study.db", name, p.sweep, budget["sampler_seed"], budget["warmup_epochs"],
+                       budget["epochs_per_trial"])
+    tags = base_tags(layout, p, arm.stage("sweep"), arm=arm.name, model_kind="sweep_trial")
     objective = make_objective(p, arm.name, data, teacher, tags)
 
     with start_run(f"sweep-{arm.name}", {**tags, "model_kind": "sweep"},
-                   {"arm": arm.name, "budget": study_budget(p, arm.name), "study_name": name}):
-        result = run_study(study, objective, p.sweep.n_trials, lock_path=out_dir / "study.lock")
+                   {"arm": arm.name, "budget": budget, "study_name": name}):
+        result = run_study(study, objective, budget["n_trials"], lock_path=out_dir / "study.lock")
         if not result.best:
             raise TrainingError(f"sweep@{arm.name}: no trial completed; see the prune reasons in MLflow")
         mlflow.log_metrics({"best_objective": result.best["objective"], "n_trials": len(result.trials)})

@@ -9,7 +9,8 @@ from distillery.core.files import Best
 from distillery.training.plan import final_run, trial_run
 
 PARAMS = parse_params({"data": {"image_size": 8}, "student": {"patch_size": 4, "embed_dim": 32, "depth": 1,
-                                                             "num_heads": 2, "epochs": 5}})
+                                                             "num_heads": 2, "epochs": 5},
+                      "sweep": {"prune_from_epoch": 3}})
 HP = {"lr": 2e-3, "weight_decay": 0.05, "mixing": 0.2, "drop_path": 0.05, "alpha": 0.5, "tau": 2.0}
 
 

@@ -62,6 +62,8 @@ BAD_VALUES = [
     ("sweep.n_trials", 0, "sweep.n_trials=0"),
     ("data.source", "folder", "data.path is required"),
     ("final.seeds", [1, 1], "repeats a seed"),
+    ("final.seeds", [0, 1], "would repeat the winning trial"),
+    ("sweep.prune_from_epoch", 99, "after the last epoch"),
     ("augment.randaugment", "m9", "not a timm RandAugment spec"),
 ]
 
@@ -132,3 +134,8 @@ def test_debug_switch_shows_the_traceback(tmp_path, capsys):
     bad.write_text(yaml.safe_dump(with_value("train.batch_size", 0)))
     assert run_stage("prepare", lambda ctx: "x", argv=["--params", str(bad), "--debug"]) == 2
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_no_arm_at_all_is_refused():
+    with pytest.raises(ConfigError, match="both empty"):
+        parse_params({"arms": {"without_teacher": [], "with_teacher": []}})

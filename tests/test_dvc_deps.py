@@ -209,3 +209,15 @@ def test_matrix_and_foreach_expansion(tmp_path):
     assert sorted(got) == ["f@a", "f@b", "g@x", "g@y", "m@hard-0", "m@hard-1", "m@soft-0", "m@soft-1"]
     assert got["m@hard-1"] == ("python pipeline/t.py --loss hard --seed 1", ["sweeps/hard/best.json", "pipeline/t.py"])
     assert got["f@b"] == ("echo b 2", ["d/b"]) and got["g@y"] == ("echo y", [])
+
+
+def test_the_report_stage_never_imports_torch():
+    """The report reads files only; importing torch there would cost ~10 s and hide a design leak."""
+    import subprocess
+    import sys
+
+    code = ("import runpy, sys; sys.argv = ['report.py', '--help']\n"
+            "try:\n    runpy.run_path('pipeline/report.py', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules, 'timm' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "False False", out.stdout + out.stderr

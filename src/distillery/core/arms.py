@@ -21,9 +21,9 @@ class Arm:
     two_heads: bool  # the distilled architecture (class + distillation token)
     uses_teacher: bool
 
-    @property
-    def loss_kind(self) -> str:
-        return self.name
+    def stage(self, group: str) -> str:
+        """The DVC stage name of this arm in `group` ("sweep" or "final"): teacher arms live in `<group>_kd`."""
+        return f"{group}_kd@{self.name}" if self.uses_teacher else f"{group}@{self.name}"
 
 
 ARMS: dict[str, Arm] = {
@@ -56,8 +56,10 @@ def search_space(params: Params, arm: str) -> dict[str, SearchSpec]:
 
 
 def study_budget(params: Params, arm: str) -> dict:
-    """What each arm's study is allowed to spend; equal for every arm by construction (and by test)."""
-    shared = {k: v.model_dump() for k, v in search_space(params, "none").items()}
+    """What the arm's study may spend: the sweep stage opens the study from this, and a test checks
+    it is the same for every arm."""
+    shared_keys = type(params.search).model_fields
+    shared = {k: v.model_dump() for k, v in search_space(params, arm).items() if k in shared_keys}
     return {"n_trials": params.sweep.n_trials, "epochs_per_trial": params.student.epochs,
             "pruner": params.sweep.pruner, "reduction_factor": params.sweep.reduction_factor,
             "prune_from_epoch": params.sweep.prune_from_epoch,

@@ -88,7 +88,7 @@ class StudentConfig(_Section):
     embed_dim: int = Field(64, ge=8)
     depth: int = Field(4, ge=1)
     num_heads: int = Field(4, ge=1)
-    epochs: int = Field(12, ge=1)
+    epochs: int = Field(20, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> "StudentConfig":
@@ -221,6 +221,8 @@ class ArmsConfig(_Section):
             values = getattr(self, key)
             if len(set(values)) != len(values):
                 raise ValueError(f"arms.{key}={values} repeats an arm; allowed: each arm once")
+        if not self.with_teacher and not self.without_teacher:
+            raise ValueError("arms.without_teacher and arms.with_teacher are both empty; allowed: at least one arm")
         if self.with_teacher and not self.without_teacher:
             raise ValueError("arms.without_teacher is empty: a distilled arm needs 'none' or 'control' to be compared "
                              "with; allowed: at least one of none, control")
@@ -241,7 +243,7 @@ class SweepConfig(_Section):
 
 
 class FinalConfig(_Section):
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5], min_length=1)
 
     @field_validator("seeds")
     @classmethod
@@ -290,11 +292,21 @@ class Params(_Section):
                 f"data.image_size={self.data.image_size} is not divisible by student.patch_size="
                 f"{self.student.patch_size}; allowed: a patch size that divides the image size"
             )
-        if self.train.batch_size % 2 and (self.teacher.mixing > 0 or any(c > 0 for c in self.search.mixing.choices)):
+        mixing_possible = self.teacher.mixing > 0 or any(c > 0 for c in self.search.mixing.choices)
+        if self.train.batch_size % 2 and mixing_possible and self.augment.mix_prob > 0:
             raise ValueError(
                 f"train.batch_size={self.train.batch_size} is odd, and Mixup/CutMix (search.mixing, teacher.mixing) "
                 "pair images within a batch; allowed: an even batch size, or mixing 0 everywhere"
             )
+        if self.seed in self.final.seeds:
+            raise ValueError(
+                f"seed={self.seed} is also in final.seeds={self.final.seeds}: every sweep trial uses `seed`, so that "
+                "final run would repeat the winning trial and hide the winner's curse; allowed: final seeds other "
+                "than seed")
+        if self.sweep.pruner != "none" and self.sweep.prune_from_epoch > self.student.epochs:
+            raise ValueError(f"sweep.prune_from_epoch={self.sweep.prune_from_epoch} is after the last epoch "
+                             f"(student.epochs={self.student.epochs}), so nothing would be pruned; allowed: at most "
+                             "student.epochs, or sweep.pruner: none")
         if self.sweep.objective_epochs > self.student.epochs:
             raise ValueError(f"sweep.objective_epochs={self.sweep.objective_epochs} exceeds student.epochs="
                              f"{self.student.epochs}; allowed: at most student.epochs")

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from ..training.augment import Normalizer
 from ..core.config import TrainConfig
+from ..core.errors import ConfigError
+from ..core.paths import Layout
 from ..data import Prepared
-from ..training.models import count_params
+from ..training.augment import Normalizer
 from ..training.loop import predict, resolve_device
+from ..training.models import count_params
 
 
 def accuracy_of(net: nn.Module, data: Prepared, split: str, train_cfg: TrainConfig) -> float:
@@ -94,7 +97,7 @@ class Evaluation:
 
 
 def _checkpoints(layout: Layout, arms: list[str], seeds: list[int]) -> dict[str, list[tuple[int | None, Path]]]:
-    """teacher (if any distilled arm ran) and every arm's seeds, as params list them; a missing one is an error."""
+    """The teacher (when trained) and every arm's seeds, as params list them; a missing one is an error."""
     found: dict[str, list[tuple[int | None, Path]]] = {}
     if layout.teacher_model.exists():
         found["teacher"] = [(None, layout.teacher_model)]

@@ -58,10 +58,11 @@ def fig_delta_val(inputs: ReportInputs, path: Path, dpi: int) -> None:
     fig, axes = plt.subplots(1, max(1, len(refs)), figsize=(6 * max(1, len(refs)), 3.8), squeeze=False)
     for ax, ref in zip(axes[0], refs):
         for arm in distilled:
-            ep, a = _curves(inputs.histories[arm], "val_acc")
-            _, b = _curves(inputs.histories[ref], "val_acc")
-            n = min(len(a), len(b))
-            d = 100 * (a[:n] - b[:n])
+            seeds = sorted(set(inputs.histories[arm]) & set(inputs.histories[ref]))  # paired by seed
+            ep, a = _curves([inputs.histories[arm][s] for s in seeds], "val_acc")
+            _, b = _curves([inputs.histories[ref][s] for s in seeds], "val_acc")
+            n = len(seeds)
+            d = 100 * (a - b)
             mean = d.mean(0)
             ax.plot(ep, mean, color=COLORS[arm], label=f"{arm} − {ref}")
             if n > 1:
@@ -75,7 +76,8 @@ def fig_delta_val(inputs: ReportInputs, path: Path, dpi: int) -> None:
 
 def fig_learning_curves(inputs: ReportInputs, path: Path, dpi: int) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name, runs in inputs.histories.items():
+    for name, by_seed in inputs.histories.items():
+        runs = list(by_seed.values())
         if not runs:
             continue
         for ax, key in zip(axes, ("val_acc", "train_loss")):
@@ -107,7 +109,7 @@ def fig_sweeps(inputs: ReportInputs, path: Path, dpi: int) -> None:
         ax.scatter([best.trial], [best.objective], marker="*", s=200, color="red", zorder=5, label="best trial")
         finals = [s["objective"] for s in inputs.finals[arm]["per_seed"].values()]
         n = int(t["number"].max()) + 1
-        ax.errorbar([n], [np.mean(finals)], yerr=[np.std(finals)] if len(finals) > 1 else None,
+        ax.errorbar([n], [np.mean(finals)], yerr=[np.std(finals, ddof=1)] if len(finals) > 1 else None,
                     fmt="s", color="black", capsize=4, label="final seeds (mean ± std)")
         ticks = list(range(0, n, max(1, n // 8)))
         ax.set_xticks([*ticks, n], [*map(str, ticks), "final"])

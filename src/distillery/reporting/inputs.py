@@ -25,7 +25,7 @@ class ReportInputs:
     throughput: dict[str, float]
     predictions: pd.DataFrame
     token_cosine: dict[str, list[float]]
-    histories: dict[str, list[list[dict[str, float]]]]  # arm (or "teacher") -> one history per seed
+    histories: dict[str, dict[int, list[dict[str, float]]]]  # arm (or "teacher") -> seed -> history
     best: dict[str, Best]
     trials: dict[str, pd.DataFrame]
     importance: dict[str, dict[str, float]]
@@ -39,12 +39,11 @@ class ReportInputs:
 
 def load_inputs(layout: Layout, params: Params) -> ReportInputs:
     arms = params.arms.all
-    histories: dict[str, list[list[dict[str, float]]]] = {}
+    histories: dict[str, dict[int, list[dict[str, float]]]] = {}
     if (layout.history / "teacher.csv").exists():
-        histories["teacher"] = [read_history_csv(layout.history / "teacher.csv")]
+        histories["teacher"] = {params.seed: read_history_csv(layout.history / "teacher.csv")}
     for arm in arms:
-        files = [layout.history_file(arm, s) for s in params.final.seeds]
-        histories[arm] = [read_history_csv(f) for f in files if f.exists()]
+        histories[arm] = {s: read_history_csv(layout.history_file(arm, s)) for s in params.final.seeds}
     skipped = layout.prepared / "skipped.json"
     cosine = layout.metrics / "token_cosine.json"
     return ReportInputs(

@@ -45,6 +45,10 @@ def _pct_std(ev: dict[str, Any], key: str) -> str:
     return f"{100 * ev[key]:.1f} ± {100 * std:.1f}" if std is not None else f"{100 * ev[key]:.1f}"
 
 
+def _opt(hp: dict[str, float], key: str) -> str:
+    return f"{hp[key]:.2f}" if key in hp else "–"
+
+
 def _spec(spec) -> str:
     if isinstance(spec, ChoiceSpec):
         return "{" + ", ".join(f"{c:g}" for c in spec.choices) + "}"
@@ -61,7 +65,8 @@ def comparisons_of(inputs: ReportInputs) -> list[Comparison]:
 
 def _machines(inputs: ReportInputs) -> list[str]:
     seen = []
-    for m in [inputs.teacher.get("machine"), *(f.get("machine") for f in inputs.finals.values())]:
+    for m in [inputs.teacher.get("machine"), *(f.get("machine") for f in inputs.finals.values()),
+              inputs.throughput.get("machine")]:
         if m:
             text = (f"{m['cpu']} ({m['cpu_count']} logical CPUs), {m.get('gpu') or 'no GPU'}, torch {m['torch']} "
                     f"with {m['torch_threads']} threads, Python {m['python']}, {m['os']}")
@@ -85,14 +90,15 @@ def render_markdown(inputs: ReportInputs, comps: list[Comparison], figs: list[st
     if comps:
         lines += [f"Each arm was tuned by its own study with the same budget, then its best configuration was "
                   f"retrained with {n_seeds} seeds. Δ is the mean over seeds of the paired per-seed difference in test "
-                  f"accuracy; the CI is a t-interval over those {n_seeds} differences, Holm-adjusted across the "
+                  f"accuracy; the CI is a t-interval over those differences (n = seeds both arms have), Holm-adjusted "
+                  f"across the "
                   f"{len(comps)} comparisons (family-wise α = {p.report.alpha:g}). Declared before the run: an effect "
                   f"matters if it exceeds **{p.report.min_effect:g} points** (`report.min_effect`).", "",
-                  "| comparison | Δ (points) | adjusted CI | CI level | Holm p | verdict |",
-                  "| --- | ---: | --- | ---: | ---: | --- |"]
+                  "| comparison | n | Δ (points) | adjusted CI | CI level | Holm p | verdict |",
+                  "| --- | ---: | ---: | --- | ---: | ---: | --- |"]
         for k in comps:
             ci = f"[{k.low:+.1f}, {k.high:+.1f}]" if np.isfinite(k.low) else "–"
-            lines.append(f"| {k.arm} − {k.reference} | {k.diff:+.1f} | {ci} | {100 * k.level:.2f}% | "
+            lines.append(f"| {k.arm} − {k.reference} | {k.n_seeds} | {k.diff:+.1f} | {ci} | {100 * k.level:.2f}% | "
                          f"{k.p_holm:.3f} | **{k.verdict}** |")
         lines += ["", f"Soft distillation uses KL normalisation `{p.distill.soft.kl_reduction}` "
                       "(`batchmean`: textbook KD, as timm; `numel`: the DeiT reference code, C times smaller). "
@@ -112,7 +118,7 @@ def render_markdown(inputs: ReportInputs, comps: list[Comparison], figs: list[st
         m = ev[name]
         lines.append(f"| {figures.label(name)} | {m['num_params'] / 1e6:.2f} M | {_pct_std(m, 'test_acc_cls')} | "
                      f"{_pct_std(m, 'test_acc_dist')} | {_pct_std(m, 'test_acc_avg')} | "
-                     f"{_pct(m.get('teacher_agreement'))} | {inputs.throughput.get(name, float('nan')):,.0f} |")
+                     f"{_pct(m.get('teacher_agreement'))} | {inputs.throughput['images_per_s'].get(name, float('nan')):,.0f} |")
     # ------------------------------------------------------------------ budget and recipes
     lines += ["", "## Tuning budget (identical for every arm)", "",
               f"{budget['n_trials']} trials per arm, each trained for the full {budget['epochs_per_trial']} epochs "
@@ -139,8 +145,7 @@ def render_markdown(inputs: ReportInputs, comps: list[Comparison], figs: list[st
         finals = np.array([s["objective"] for s in f["per_seed"].values()])
         std = f" ± {100 * finals.std(ddof=1):.1f}" if len(finals) > 1 else ""
         lines.append(f"| {arm} | {b.n_complete} / {b.n_pruned} | #{b.trial} | {hp['lr']:.2g} | {hp['weight_decay']:.2g} | "
-                     f"{hp['mixing']:g} | {hp['drop_path']:.2f} | {hp.get('alpha', float('nan')):.2f} | "
-                     f"{hp.get('tau', float('nan')):.2f} | {_pct(b.objective)} | {100 * finals.mean():.1f}{std} |")
+                     f"{hp['mixing']:g} | {hp['drop_path']:.2f} | {_opt(hp, 'alpha')} | {_opt(hp, 'tau')} | {_pct(b.objective)} | {100 * finals.mean():.1f}{std} |")
     lines += ["", f"Teacher (`{p.teacher.model}`): val accuracy {_pct(inputs.teacher['val_acc'])}%.", ""]
     # ------------------------------------------------------------------ figures and the rest
     lines += ["## Figures", ""]
@@ -150,7 +155,8 @@ def render_markdown(inputs: ReportInputs, comps: list[Comparison], figs: list[st
               "On the CPU, the same params, code, torch version and machine give byte-identical models and "
               "`metrics/*.json` (except `metrics/throughput.json`: timings). Another CPU model or torch version "
               "changes floating-point rounding, and the runs then agree only within seed noise; on a GPU, bf16 "
-              "autocast and non-deterministic kernels do the same. The machine above is the one this report ran on.",
+              "autocast and non-deterministic kernels do the same. The machine line above lists every machine a "
+              "stage of this report ran on (training and evaluation).",
               ""]
     if inputs.skipped:
         lines += ["## Skipped input files", "", "| file | reason |", "| --- | --- |"]
