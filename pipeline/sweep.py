@@ -18,7 +18,7 @@ from distillery.training.models import check_model_names, load_model
 from distillery.training.runs import state_digest
 from distillery.training.tracking import base_tags, setup_tracking, start_run
 from distillery.tuning.objective import make_objective
-from distillery.tuning.studies import open_study, param_importance, run_study, study_name
+from distillery.tuning.studies import open_arm_study, param_importance, run_study, study_name
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -41,8 +41,7 @@ def body(ctx: StageContext) -> str:
     }
     out_dir = layout.sweep_dir(arm.name)
     name = study_name(arm.name, fingerprint)
-    study = open_study(out_dir / "study.db", name, p.sweep, budget["sampler_seed"], budget["warmup_epochs"],
-                       budget["epochs_per_trial"])
+    study = open_arm_study(out_dir / "study.db", name, budget)
     tags = base_tags(layout, p, arm.stage("sweep"), arm=arm.name, model_kind="sweep_trial")
     objective = make_objective(p, arm.name, data, teacher, tags)
 

@@ -7,6 +7,7 @@ from distillery.core.arms import ARMS, search_space, study_budget
 from distillery.core.config import parse_params
 from distillery.core.files import Best
 from distillery.training.plan import final_run, trial_run
+from distillery.tuning.studies import open_arm_study
 
 PARAMS = parse_params({"data": {"image_size": 8}, "student": {"patch_size": 4, "embed_dim": 32, "depth": 1,
                                                              "num_heads": 2, "epochs": 5},
@@ -25,6 +26,24 @@ def test_every_arm_gets_the_same_budget_and_shared_search():
     assert set(search_space(PARAMS, "soft")) - set(shared) == {"alpha", "tau"}
     assert set(search_space(PARAMS, "hard")) - set(shared) == {"alpha"}
     assert set(search_space(PARAMS, "control")) == set(shared)
+
+
+def _study_settings(study):
+    """What a study spends, read back from the Optuna objects the sweep stage builds."""
+    pruner, sampler = study.pruner, study.sampler
+    return (type(pruner).__name__, vars(pruner).get("_min_resource"), vars(pruner).get("_reduction_factor"),
+            type(sampler).__name__, sampler._n_startup_trials, repr(sampler._rng.rng.get_state()[1][:4]))
+
+
+def test_every_arm_s_study_is_built_identically(tmp_path):
+    settings = {arm: _study_settings(open_arm_study(tmp_path / f"{arm}.db", arm, study_budget(PARAMS, arm)))
+                for arm in ARMS}
+    assert len(set(settings.values())) == 1, settings
+    kind, min_resource, factor, _, startup, _ = settings["none"]
+    assert (kind, min_resource, factor, startup) == ("SuccessiveHalvingPruner", 3, 3, PARAMS.sweep.startup_trials)
+    # and the builder follows the budget: a different budget gives a different study
+    other = study_budget(PARAMS, "none") | {"prune_from_epoch": 4, "startup_trials": 1}
+    assert _study_settings(open_arm_study(tmp_path / "other.db", "o", other)) != settings["none"]
 
 
 @pytest.mark.parametrize("arm", list(ARMS))

@@ -101,6 +101,31 @@ def test_mlflow_has_every_run_with_the_same_keys_for_trials_and_finals(repo):
     assert tags["dvc_stage"] == "final_kd@hard" and tags["arm"] == "hard" and len(tags["git_commit"]) == 40
 
 
+def test_the_real_studies_spent_the_same_budget(repo):
+    """Read back what each arm's sweep stage actually did: its Optuna study and its MLflow parent run."""
+    dest, _, _ = repo
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    spent = {}
+    for arm in ARMS:
+        best = json.loads((dest / f"sweeps/{arm}/best.json").read_text())
+        study = optuna.load_study(study_name=best["study_name"], storage=f"sqlite:///{dest}/sweeps/{arm}/study.db")
+        finished = [t for t in study.trials if t.state.is_finished() and t.state.name != "FAIL"]
+        assert len(finished) == TINY["sweep.n_trials"], arm
+        for t in finished:  # a completed trial ran the full final budget; a pruned one stopped at a rung
+            last = max(t.intermediate_values)
+            assert last == TINY["student.epochs"] if t.state.name == "COMPLETE" else last >= TINY["sweep.prune_from_epoch"]
+        spent[arm] = (type(study.pruner).__name__, type(study.sampler).__name__)
+    assert len(set(spent.values())) == 1, spent
+    client = MlflowClient(tracking_uri=f"sqlite:///{dest / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("distillery")
+    budgets = {r.info.run_name: tuple(sorted((k, v) for k, v in r.data.params.items() if k.startswith("budget.")))
+               for r in client.search_runs([exp.experiment_id], max_results=500) if r.info.run_name.startswith("sweep-")}
+    assert set(budgets) == {f"sweep-{a}" for a in ARMS} and len(set(budgets.values())) == 1, budgets
+    assert ("budget.epochs_per_trial", str(TINY["student.epochs"])) in budgets["sweep-none"]
+
+
 def test_second_repro_reruns_nothing(repo):
     dest, env, _ = repo
     assert ran(run_ok(["dvc", "repro"], dest, env)) == set()

@@ -174,3 +174,10 @@ def test_control_trains_both_heads_on_the_labels():
 def test_odd_batch_with_mixing_is_refused_in_one_line():
     with pytest.raises(TrainingError, match="odd and Mixup/CutMix"):
         fit(build(False), toy_data(), recipe(mixing=0.8, batch_size=15), progress=False)
+
+
+def test_fewer_odd_training_images_than_a_batch_still_mix():
+    data = toy_data(n_per_class=3)  # 7 training images, batch 16: the batch shrinks to 6, not to an odd 7
+    assert len(data.splits["train"].y) == 7
+    history = fit(build(False), data, recipe(epochs=1, mixing=0.8, batch_size=16), progress=False)
+    assert len(history) == 1

@@ -35,7 +35,7 @@ def _curves(runs: list[list[dict[str, float]]], key: str) -> tuple[np.ndarray, n
 
 
 def fig_effects(comparisons: list[Comparison], min_effect: float, path: Path, dpi: int) -> None:
-    """Forest plot: each comparison's Δ with its Holm-adjusted CI against the declared minimum effect."""
+    """Forest plot: each comparison's Δ with its simultaneous (Bonferroni) CI against the declared minimum effect."""
     fig, ax = plt.subplots(figsize=(7, 0.6 * max(2, len(comparisons)) + 1.2))
     ax.axvspan(-min_effect, min_effect, color="gray", alpha=0.15, label=f"±min_effect ({min_effect:g} points)")
     ax.axvline(0, color="black", lw=0.8)
@@ -46,7 +46,7 @@ def fig_effects(comparisons: list[Comparison], min_effect: float, path: Path, dp
     ax.set_yticks(range(len(comparisons)))
     ax.set_yticklabels([f"{c.arm} − {c.reference}" for c in comparisons])
     ax.invert_yaxis()
-    ax.set(xlabel="Δ test accuracy (points), Holm-adjusted CI", title="Effect of each arm vs its references")
+    ax.set(xlabel="Δ test accuracy (points), simultaneous CI", title="Effect of each arm vs its references")
     ax.legend(fontsize=8, loc="lower right")
     _save(fig, path, dpi)
 

@@ -20,7 +20,7 @@ from .inputs import ReportInputs, load_inputs
 from .stats import Comparison, compare_arms
 
 FIGURES = {
-    "effects.png": (None, "Each distilled arm minus each reference on the test split: Δ with its Holm-adjusted CI; "
+    "effects.png": (None, "Each distilled arm minus each reference on the test split: Δ with its simultaneous CI; "
                           "the grey band is ±min_effect, declared in params before the run."),
     "delta_val.png": (figures.fig_delta_val, "Δ val accuracy per epoch (distilled − reference, paired by seed): "
                                              "is the effect still moving when training stops?"),
@@ -90,11 +90,12 @@ def render_markdown(inputs: ReportInputs, comps: list[Comparison], figs: list[st
     if comps:
         lines += [f"Each arm was tuned by its own study with the same budget, then its best configuration was "
                   f"retrained with {n_seeds} seeds. Δ is the mean over seeds of the paired per-seed difference in test "
-                  f"accuracy; the CI is a t-interval over those differences (n = seeds both arms have), Holm-adjusted "
-                  f"across the "
-                  f"{len(comps)} comparisons (family-wise α = {p.report.alpha:g}). Declared before the run: an effect "
+                  f"accuracy; the CI is a t-interval over those differences (n = seeds both arms have). Across the "
+                  f"{len(comps)} comparisons the family-wise error is held at α = {p.report.alpha:g}: the intervals are "
+                  f"simultaneous (Bonferroni, each at 1 − α/{len(comps)}), so the verdicts hold together, and the "
+                  f"p-values of Δ = 0 are Holm-adjusted. Declared before the run: an effect "
                   f"matters if it exceeds **{p.report.min_effect:g} points** (`report.min_effect`).", "",
-                  "| comparison | n | Δ (points) | adjusted CI | CI level | Holm p | verdict |",
+                  "| comparison | n | Δ (points) | simultaneous CI | CI level | Holm p | verdict |",
                   "| --- | ---: | ---: | --- | ---: | ---: | --- |"]
         for k in comps:
             ci = f"[{k.low:+.1f}, {k.high:+.1f}]" if np.isfinite(k.low) else "–"

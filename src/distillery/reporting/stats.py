@@ -9,11 +9,15 @@ Method, and why:
   resamples to be trusted and a normal interval is far too narrow; the t interval is exact if d is
   normal and has close to nominal coverage for mild departures.
 * p-value: two-sided one-sample t-test of H0: mean d = 0 (the test dual to the interval).
-* Multiplicity: the report makes several comparisons (each distilled arm vs `none` and vs `control`), so
-  p-values are Holm-adjusted (step-down; controls the family-wise error rate under any dependence, and
-  comparisons sharing a reference are dependent). The CIs are Holm-compatible: sorting by raw p, rank i
-  (0-based) of m gets level 1 - alpha/(m - i); Holm stops at the first non-rejected comparison, and it
-  and every later one get that comparison's level, so a CI excludes 0 exactly when p_holm <= alpha.
+* Multiplicity: the report makes several comparisons (each distilled arm vs `none` and vs `control`),
+  and comparisons sharing a reference are dependent. Two corrections, each for what it is good at:
+  - p-values (H0: Δ = 0) are Holm-adjusted (step-down; controls the family-wise error rate under any
+    dependence, and rejects at least whatever Bonferroni rejects);
+  - intervals are simultaneous: each at level 1 - alpha/m (Bonferroni), so with probability >= 1 - alpha
+    every interval covers its true Δ at once. Verdicts compare these bounds with min_effect, so a claim
+    such as "helped by more than δ" holds family-wise. (Holm-stepped intervals, 1 - alpha/(m - i), are
+    narrower but only justify "Δ != 0", not a bound against δ.) A simultaneous interval that excludes 0
+    always comes with p_holm <= alpha; the converse can fail, and then the verdict follows the interval.
 * Scope: the interval is conditional on the fixed test split. It captures seed variance (initialisation
   and data order), not the sampling of test images, so it says how reliably the training recipe
   reproduces the gap on this test set, not how the gap would generalise to new images.
@@ -35,9 +39,9 @@ class Comparison:
     arm: str
     reference: str
     diff: float  # points: mean of per-seed paired differences
-    low: float  # Holm-adjusted CI, points
+    low: float  # simultaneous CI (level below), points
     high: float
-    level: float  # confidence level actually used for this CI after Holm
+    level: float  # per-interval confidence level: 1 - alpha/m
     p_value: float  # raw two-sided t-test p
     p_holm: float  # Holm-adjusted p
     n_seeds: int
@@ -88,15 +92,9 @@ def holm_adjust(p_values: list[float]) -> list[float]:
     return out
 
 
-def holm_levels(p_values: list[float], alpha: float = 0.05) -> list[float]:
-    m = len(p_values)
-    out, stopped = [0.0] * m, None
-    for i, j in enumerate(sorted(range(m), key=lambda k: p_values[k])):
-        level = 1 - alpha / (m - i) if stopped is None else stopped
-        if stopped is None and p_values[j] > alpha / (m - i):
-            stopped = level  # Holm stops here; later CIs reuse this level so they agree with p_holm
-        out[j] = level
-    return out
+def simultaneous_level(m: int, alpha: float = 0.05) -> float:
+    """Bonferroni: m intervals at this level each cover their true values together with probability >= 1 - alpha."""
+    return 1 - alpha / max(m, 1)
 
 
 def verdict_for(low: float, high: float, min_effect: float) -> str:
@@ -123,7 +121,8 @@ def compare_arms(per_seed_acc: dict[str, dict[int, float]], pairs: list[tuple[st
     diffs = [paired_differences(per_seed_acc[a], per_seed_acc[r]) for a, r in kept]
     p_raw = [t_test_p(d) for d in diffs]
     result = []
-    for (a, r), d, p, ph, lv in zip(kept, diffs, p_raw, holm_adjust(p_raw), holm_levels(p_raw, alpha)):
+    lv = simultaneous_level(len(kept), alpha)
+    for (a, r), d, p, ph in zip(kept, diffs, p_raw, holm_adjust(p_raw)):
         mean, low, high = t_interval(d, lv)
         result.append(Comparison(a, r, mean, low, high, lv, p, ph, int(d.size), verdict_for(low, high, min_effect)))
     return result

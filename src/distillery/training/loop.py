@@ -163,6 +163,8 @@ def fit(net: nn.Module, data: Prepared, recipe: Recipe, *, teacher: nn.Module | 
     train = data.splits["train"]
     n = len(train.y)
     batch_size = min(recipe.train.batch_size, n)
+    if recipe.mixing > 0 and batch_size == n and n % 2:
+        batch_size -= 1  # fewer (odd) training images than a batch: keep mixing possible, drop one per epoch
     if recipe.mixing > 0 and batch_size % 2:
         raise TrainingError(f"{desc}: batch of {batch_size} images is odd and Mixup/CutMix pairs images within a "
                             "batch; set an even train.batch_size")

@@ -14,7 +14,7 @@ import mlflow
 import optuna
 import torch.nn as nn
 
-from ..core.arms import search_space
+from ..core.arms import search_space, study_budget
 from ..core.config import Params
 from ..core.errors import TrainingError
 from ..core.files import objective_of
@@ -36,11 +36,15 @@ def _prune(trial: optuna.Trial, reason: str) -> optuna.TrialPruned:
 def make_objective(params: Params, arm: str, data: Prepared, teacher: nn.Module | None,
                    tags: dict[str, str]) -> Callable[[optuna.Trial], float]:
     space = search_space(params, arm)
-    first_prunable = first_prunable_epoch(params.train.warmup_epochs, params.student.epochs,
-                                          params.sweep.prune_from_epoch)
+    budget = study_budget(params, arm)  # the same numbers the arm's study (pruner, sampler) is built from
+    first_prunable = first_prunable_epoch(budget["warmup_epochs"], budget["epochs_per_trial"],
+                                          budget["prune_from_epoch"])
 
     def objective(trial: optuna.Trial) -> float:
         run = trial_run(params, arm, data, suggest_space(trial, space), trial.number)
+        if run.recipe.epochs != budget["epochs_per_trial"]:
+            raise TrainingError(f"{arm} trial {trial.number}: {run.recipe.epochs} epochs, budget says "
+                                f"{budget['epochs_per_trial']}")
 
         def report(record: dict[str, Any]) -> None:
             heartbeat(trial)
@@ -57,7 +61,7 @@ def make_objective(params: Params, arm: str, data: Prepared, teacher: nn.Module 
                               callbacks=[EpochLogger(), report], desc=f"{arm} trial {trial.number}")
             except TrainingError as exc:
                 raise _prune(trial, f"failed: {exc}") from None
-            value = objective_of(history, params.sweep.objective_epochs)
+            value = objective_of(history, budget["objective_epochs"])
             mlflow.log_metric("objective", value)
             mlflow.set_tag("trial_state", "COMPLETE")
         return value

@@ -60,6 +60,16 @@ def open_study(storage_path: Path, name: str, cfg: SweepConfig, seed: int, warmu
                                load_if_exists=True)
 
 
+def open_arm_study(storage_path: Path, name: str, budget: dict[str, Any]) -> optuna.Study:
+    """The study of one arm, built from nothing but its budget (`core.arms.study_budget`): what the
+    equal-budget invariant compares is exactly what the pruner and sampler are made of."""
+    cfg = SweepConfig(n_trials=budget["n_trials"], pruner=budget["pruner"], reduction_factor=budget["reduction_factor"],
+                      prune_from_epoch=budget["prune_from_epoch"], startup_trials=budget["startup_trials"],
+                      objective_epochs=budget["objective_epochs"])
+    return open_study(storage_path, name, cfg, budget["sampler_seed"], budget["warmup_epochs"],
+                      budget["epochs_per_trial"])
+
+
 def suggest(trial: optuna.Trial, name: str, spec: SearchSpec) -> float:
     """A fixed knob (low == high, or one choice) is recorded but not searched."""
     if isinstance(spec, ChoiceSpec):
