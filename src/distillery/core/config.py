@@ -88,7 +88,7 @@ class StudentConfig(_Section):
     embed_dim: int = Field(64, ge=8)
     depth: int = Field(4, ge=1)
     num_heads: int = Field(4, ge=1)
-    epochs: int = Field(20, ge=1)
+    epochs: int = Field(30, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> "StudentConfig":
@@ -234,11 +234,11 @@ class ArmsConfig(_Section):
 
 
 class SweepConfig(_Section):
-    n_trials: int = Field(8, ge=1)
+    n_trials: int = Field(6, ge=1)
     pruner: Literal["successive_halving", "hyperband", "median", "none"] = "successive_halving"
     reduction_factor: int = Field(3, ge=2)
-    prune_from_epoch: int = Field(8, ge=1)
-    startup_trials: int = Field(4, ge=0)
+    prune_from_epoch: int = Field(12, ge=1)
+    startup_trials: int = Field(3, ge=0)
     objective_epochs: int = Field(3, ge=1)
 
 
