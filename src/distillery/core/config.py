@@ -234,11 +234,11 @@ class ArmsConfig(_Section):
 
 
 class SweepConfig(_Section):
-    n_trials: int = Field(6, ge=1)
+    n_trials: int = Field(5, ge=1)
     pruner: Literal["successive_halving", "hyperband", "median", "none"] = "successive_halving"
     reduction_factor: int = Field(3, ge=2)
     prune_from_epoch: int = Field(12, ge=1)
-    startup_trials: int = Field(3, ge=0)
+    startup_trials: int = Field(2, ge=0)
     objective_epochs: int = Field(3, ge=1)
 
 
