@@ -153,11 +153,12 @@ def render_markdown(inputs: ReportInputs, comps: list[Comparison], figs: list[st
     for f in figs:
         lines += [f"![{f}](figures/{f})", "", f"*{FIGURES[f][1]}*", ""]
     lines += ["## Reproducibility", "",
-              "On the CPU, the same params, code, torch version and machine give byte-identical models and "
-              "`metrics/*.json` (except `metrics/throughput.json`: timings). Another CPU model or torch version "
-              "changes floating-point rounding, and the runs then agree only within seed noise; on a GPU, bf16 "
-              "autocast and non-deterministic kernels do the same. The machine line above lists every machine a "
-              "stage of this report ran on (training and evaluation).",
+              "On the CPU, the same params, code, torch version and machine type give identical model weights, "
+              "sweeps and metrics; the files differ only in recorded timings (`epoch_seconds` in the histories, "
+              "`metrics/throughput.json`). Another CPU model, thread count or torch version changes floating-point "
+              "rounding: a sweep may then pick another trial and the numbers agree only within seed noise; on a "
+              "GPU, bf16 autocast and non-deterministic kernels do the same. The machine line above lists every "
+              "machine a stage of this report ran on (training and evaluation).",
               ""]
     if inputs.skipped:
         lines += ["## Skipped input files", "", "| file | reason |", "| --- | --- |"]
