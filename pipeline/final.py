@@ -14,7 +14,7 @@ from distillery.data import load_prepared
 from distillery.training.loop import resolve_device
 from distillery.training.machine import machine_info
 from distillery.training.models import check_model_names, load_model
-from distillery.training.plan import final_run
+from distillery.training.plan import final_run, teacher_cache
 from distillery.training.runs import tracked_fit
 from distillery.training.tracking import base_tags, setup_tracking
 
@@ -34,6 +34,7 @@ def body(ctx: StageContext) -> str:
     data = load_prepared(layout.prepared)
     teacher = load_model(layout.teacher_model)[0] if arm.uses_teacher else None
     setup_tracking(p.tracking, layout)
+    cache = teacher_cache(p, layout) if arm.uses_teacher else None
     per_seed = {}
     for seed in p.final.seeds:
         run = final_run(p, arm.name, data, best, seed)
@@ -42,7 +43,7 @@ def body(ctx: StageContext) -> str:
             tags=base_tags(layout, p, arm.stage("final"), arm=arm.name, seed=str(seed), model_kind="final"),
             log_params=run.log_params(p), model_path=layout.model(arm.name, seed),
             history_path=layout.history_file(arm.name, seed), checkpoint=layout.checkpoint(run.name),
-            teacher=teacher,
+            teacher=teacher, teacher_cache=cache,
         )
         last = result.history[-1]
         per_seed[str(seed)] = {"objective": objective_of(result.history, p.sweep.objective_epochs),

@@ -14,8 +14,8 @@ from distillery.core.cli import StageContext, main_for
 from distillery.core.errors import TrainingError
 from distillery.core.files import Best, write_csv, write_json
 from distillery.data import load_prepared
-from distillery.training.models import check_model_names, load_model
-from distillery.training.runs import state_digest
+from distillery.training.models import check_model_names, load_model, state_digest
+from distillery.training.plan import teacher_cache
 from distillery.training.tracking import base_tags, setup_tracking, start_run
 from distillery.tuning.objective import make_objective
 from distillery.tuning.studies import open_arm_study, param_importance, run_study, study_name
@@ -43,7 +43,7 @@ def body(ctx: StageContext) -> str:
     name = study_name(arm.name, fingerprint)
     study = open_arm_study(out_dir / "study.db", name, budget)
     tags = base_tags(layout, p, arm.stage("sweep"), arm=arm.name, model_kind="sweep_trial")
-    objective = make_objective(p, arm.name, data, teacher, tags)
+    objective = make_objective(p, arm.name, data, teacher, tags, teacher_cache(p, layout) if arm.uses_teacher else None)
 
     with start_run(f"sweep-{arm.name}", {**tags, "model_kind": "sweep"},
                    {"arm": arm.name, "budget": budget, "study_name": name}):

@@ -70,6 +70,7 @@ class TrainConfig(_Section):
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
     grad_clip: float | None = Field(None, gt=0.0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = False
 
 
 class TeacherConfig(_Section):
@@ -207,6 +208,9 @@ class SoftLossConfig(_Section):
 class DistillConfig(_Section):
     soft: SoftLossConfig = SoftLossConfig()
     hard: HardLossConfig = HardLossConfig()
+    teacher: Literal["cached", "live"] = "cached"
+    cache_dir: str | None = None
+    cache_max_mb: float = Field(2048.0, ge=0.0)
 
 
 class ArmsConfig(_Section):

@@ -25,14 +25,13 @@ class Normalizer:
         return (x_uint8.float() / 255.0 - self.mean) / self.std
 
 
-def random_translate(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
-    """Shift every image independently by up to ±max_shift pixels (reflect padding)."""
+def random_translate(x: torch.Tensor, max_shift: int, offsets: torch.Tensor) -> torch.Tensor:
+    """Shift image i by offsets[i] - max_shift pixels (rows, cols), reflect padding; offsets in [0, 2·max_shift]."""
     if max_shift <= 0:
         return x
     b, _, h, w = x.shape
     pad_mode = "reflect" if max_shift < min(h, w) else "replicate"
     padded = F.pad(x, (max_shift,) * 4, mode=pad_mode)
-    offsets = torch.randint(0, 2 * max_shift + 1, (b, 2), generator=gen).to(x.device)
     rows = offsets[:, 0:1] + torch.arange(h, device=x.device)  # (B, H)
     cols = offsets[:, 1:2] + torch.arange(w, device=x.device)  # (B, W)
     batch = torch.arange(b, device=x.device)[:, None, None]
@@ -40,8 +39,7 @@ def random_translate(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> t
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-def random_hflip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    flip = (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device)
+def random_hflip(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
@@ -83,13 +81,26 @@ class BatchAugment:
             out[i] = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
         return torch.from_numpy(out).to(x_uint8.device)
 
-    def __call__(self, x_uint8: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw(self, steps: int, batch_size: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        """The per-image shifts and flips of a whole epoch, (steps, batch, ...), on the CPU."""
+        draws = {}
+        if self.cfg.translate > 0:
+            draws["offsets"] = torch.randint(0, 2 * self.cfg.translate + 1, (steps, batch_size, 2), generator=gen)
+        if self.cfg.hflip:
+            draws["flip"] = torch.rand(steps, batch_size, generator=gen) < 0.5
+        return draws
+
+    def __call__(self, x_uint8: torch.Tensor, y: torch.Tensor,
+                 draws: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`draws`: this step's slice of `draw()`. Mixup, erasing and RandAugment use the global generators,
+        which the caller seeds for the step (views.isolated_global_rng)."""
         if self.randaugment is not None:
             x_uint8 = self._apply_randaugment(x_uint8)
         x = self.normalize(x_uint8)
-        x = random_translate(x, self.cfg.translate, gen)
-        if self.cfg.hflip:
-            x = random_hflip(x, gen)
+        if "offsets" in draws:
+            x = random_translate(x, self.cfg.translate, draws["offsets"])
+        if "flip" in draws:
+            x = random_hflip(x, draws["flip"])
         if self.mixup is not None:
             if x.shape[0] % 2:  # timm pairs images within the batch: never skip mixing silently
                 raise ValueError(f"Mixup/CutMix needs an even batch, got {x.shape[0]} images")

@@ -26,7 +26,9 @@ from ..core.config import AugmentConfig, TrainConfig
 from ..data import Prepared
 from ..core.errors import TrainingError
 from .losses import DistillLoss, soft_target_ce
-from .models import split_heads
+from .models import split_heads, state_digest
+from .teacher_cache import TeacherCache, open_teacher_logits
+from .views import ViewStream
 
 EpochCallback = Callable[[dict[str, Any]], None]
 
@@ -42,7 +44,8 @@ class Recipe:
     train: TrainConfig
     augment: AugmentConfig
     loss: DistillLoss = field(default_factory=DistillLoss)
-    seed: int = 0
+    seed: int = 0  # initialisation, dropout and drop path
+    view_seed: int = 0  # batch order and every augmentation draw (views.py)
 
     def fingerprint(self, extra: dict[str, Any] | None = None) -> str:
         blob = json.dumps({"recipe": _jsonable(asdict(self)), "extra": extra or {}}, sort_keys=True, default=str)
@@ -65,14 +68,25 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    """timm's Mixup and RandomErasing draw from numpy's and Python's global generators."""
+def seed_everything(seed: int) -> None:
+    """The model's own randomness (dropout, drop path) draws from the global generators."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    gen = torch.Generator()
-    gen.manual_seed(seed)
-    return gen
+
+
+def _steps_without_sync(batches, device: torch.device, forbid: bool):
+    """Iterate `batches` with CUDA's sync debug mode at "error" while the steps run (not between epochs)."""
+    if not (forbid and device.type == "cuda"):
+        yield from batches
+        return
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for batch in batches:
+            yield batch
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
 
 
 def _autocast(device: torch.device):
@@ -111,17 +125,15 @@ def _val_metrics(net: nn.Module, data: Prepared, normalizer: Normalizer, batch_s
     return out
 
 
-def _rng_state(gen: torch.Generator) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "gen": gen.get_state(), "numpy": np.random.get_state(),
-             "python": random.getstate()}
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _set_rng_state(gen: torch.Generator, state: dict[str, Any]) -> None:
+def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    gen.set_state(state["gen"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
@@ -140,8 +152,13 @@ def checkpoint_fingerprint(path: Path) -> str | None:
 
 def fit(net: nn.Module, data: Prepared, recipe: Recipe, *, teacher: nn.Module | None = None,
         callbacks: list[EpochCallback] = (), checkpoint: Path | None = None, desc: str = "train",
-        fingerprint_extra: dict[str, Any] | None = None, progress: bool = True) -> list[dict[str, Any]]:
-    """Train `net` in place; return the per-epoch history. Resumes from `checkpoint` if it matches."""
+        fingerprint_extra: dict[str, Any] | None = None, progress: bool = True,
+        teacher_cache: TeacherCache | None = None, forbid_host_sync: bool = False) -> list[dict[str, Any]]:
+    """Train `net` in place; return the per-epoch history. Resumes from `checkpoint` if it matches.
+
+    With `teacher_cache`, the teacher's logits are replayed from it where an earlier run of the same
+    view stream wrote them, and written there where not; the result is bitwise the live run's.
+    `forbid_host_sync` (CUDA only, a diagnostic) raises if a training step makes the host wait for the GPU."""
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
 
@@ -151,12 +168,14 @@ def fit(net: nn.Module, data: Prepared, recipe: Recipe, *, teacher: nn.Module | 
     if teacher is not None and not loss_fn.needs_teacher:
         raise TrainingError(f"loss '{loss_fn.kind}' must not see a teacher (it is a no-teacher arm)")
     device = resolve_device(recipe.train.device)
-    gen = seed_everything(recipe.seed)
+    seed_everything(recipe.seed)
     net.to(device)
     if hasattr(net, "set_distilled_training"):
         net.set_distilled_training(loss_fn.two_heads)
     if teacher is not None:
         teacher.to(device).eval()
+        if device.type == "cuda":
+            teacher.to(memory_format=torch.channels_last)
         for p in teacher.parameters():
             p.requires_grad_(False)
 
@@ -169,7 +188,9 @@ def fit(net: nn.Module, data: Prepared, recipe: Recipe, *, teacher: nn.Module | 
         raise TrainingError(f"{desc}: batch of {batch_size} images is odd and Mixup/CutMix pairs images within a "
                             "batch; set an even train.batch_size")
     steps_per_epoch = max(1, n // batch_size)  # drop the ragged last batch: mixup needs even batches
-    optimizer = create_optimizer_v2(net, opt=recipe.train.optimizer, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    opt_kwargs = {"fused": True} if device.type == "cuda" and recipe.train.optimizer in ("adamw", "adam") else {}
+    optimizer = create_optimizer_v2(net, opt=recipe.train.optimizer, lr=recipe.lr, weight_decay=recipe.weight_decay,
+                                    **opt_kwargs)
     scheduler, _ = create_scheduler_v2(
         optimizer, sched="cosine", num_epochs=recipe.epochs, warmup_epochs=min(recipe.train.warmup_epochs, recipe.epochs - 1),
         min_lr=recipe.train.min_lr, warmup_lr=recipe.lr * 0.01, step_on_epochs=False, updates_per_epoch=steps_per_epoch,
@@ -177,8 +198,11 @@ def fit(net: nn.Module, data: Prepared, recipe: Recipe, *, teacher: nn.Module | 
     normalizer = Normalizer(data.mean, data.std, device)
     augment = BatchAugment(recipe.augment, data.num_classes, recipe.train.label_smoothing, normalizer, device,
                            recipe.mixing)
+    views = ViewStream(recipe.view_seed, n, batch_size, augment, device)
     x_train = torch.from_numpy(np.array(train.x)).to(device)  # copy: the memory map is read-only
     y_train = torch.as_tensor(train.y).to(device)
+    if recipe.train.compile:
+        net.compile()  # in place: the state dict keeps its keys, so checkpoints stay loadable uncompiled
 
     fingerprint = recipe.fingerprint(fingerprint_extra)
     history: list[dict[str, Any]] = []
@@ -189,30 +213,33 @@ def fit(net: nn.Module, data: Prepared, recipe: Recipe, *, teacher: nn.Module | 
             net.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-            _set_rng_state(gen, state["rng"])
+            _set_rng_state(state["rng"])
             history = state["history"]
             start_epoch = state["epoch"] + 1
             if start_epoch < recipe.epochs:
                 print(f"{desc}: resuming from {checkpoint} at epoch {start_epoch + 1}/{recipe.epochs}")
 
+    teacher_logits_of = None
+    if loss_fn.needs_teacher:
+        key = {"teacher": state_digest(teacher), "data": data.fingerprint(), "augment": recipe.augment.model_dump(),
+               "mixing": recipe.mixing, "batch_size": batch_size, "view_seed": recipe.view_seed,
+               "device": device.type, "torch": torch.__version__}
+        teacher_logits_of = open_teacher_logits(teacher, device, (steps_per_epoch, batch_size, data.num_classes),
+                                                range(start_epoch, recipe.epochs), teacher_cache, key, desc)
     bar = tqdm(range(start_epoch, recipe.epochs), desc=desc, unit="ep", disable=not progress, dynamic_ncols=True,
                initial=start_epoch, total=recipe.epochs)
     for epoch in bar:
         t0 = time.perf_counter()
         net.train()
-        perm = torch.randperm(n, generator=gen).to(device)
+        from_cache = teacher_logits_of.begin_epoch(epoch) if teacher_logits_of is not None else False
         loss_sum = torch.zeros((), device=device)
         parts_sum: dict[str, torch.Tensor] = {}
         correct = torch.zeros((), device=device)
-        for step in range(steps_per_epoch):
-            idx = perm[step * batch_size:(step + 1) * batch_size]
-            x, target = augment(x_train[idx], y_train[idx], gen)
+        batches = views.epoch(epoch, x_train, y_train)
+        for step, (x, target) in enumerate(_steps_without_sync(batches, device, forbid_host_sync)):
+            teacher_logits = teacher_logits_of(step, x) if teacher_logits_of is not None else None
             with _autocast(device):
                 outputs = net(x)
-                teacher_logits = None
-                if loss_fn.needs_teacher:
-                    with torch.no_grad():
-                        teacher_logits = teacher(x).float()
             outputs = tuple(o.float() for o in outputs) if isinstance(outputs, tuple) else outputs.float()
             parts = loss_fn(outputs, target, teacher_logits)
             loss = parts["loss"]
@@ -232,6 +259,8 @@ def fit(net: nn.Module, data: Prepared, recipe: Recipe, *, teacher: nn.Module | 
             z_c = outputs[0] if isinstance(outputs, tuple) else outputs
             correct += (z_c.argmax(1) == target.argmax(1)).sum()
         scheduler.step(epoch + 1)
+        if teacher_logits_of is not None:
+            teacher_logits_of.end_epoch()
         train_loss = float(loss_sum) / steps_per_epoch
         if not math.isfinite(train_loss):
             raise TrainingError(f"{desc}: loss became {train_loss} in epoch {epoch + 1}; lower the learning rate "
@@ -245,19 +274,21 @@ def fit(net: nn.Module, data: Prepared, recipe: Recipe, *, teacher: nn.Module | 
             "lr": optimizer.param_groups[0]["lr"],
             "epoch_seconds": time.perf_counter() - t0,
         }
+        if teacher_logits_of is not None:
+            record["teacher_from_cache"] = float(from_cache)
         history.append(record)
         bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{record['val_acc']:.3f}")
         if checkpoint is not None:
-            _save_checkpoint(checkpoint, net, optimizer, scheduler, gen, history, epoch, fingerprint)
+            _save_checkpoint(checkpoint, net, optimizer, scheduler, history, epoch, fingerprint)
         for cb in callbacks:
             cb(record)
     bar.close()
     return history
 
 
-def _save_checkpoint(path: Path, net, optimizer, scheduler, gen, history, epoch, fingerprint) -> None:
+def _save_checkpoint(path: Path, net, optimizer, scheduler, history, epoch, fingerprint) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": _rng_state(gen), "history": history, "epoch": epoch, "fingerprint": fingerprint}, tmp)
+                "rng": _rng_state(), "history": history, "epoch": epoch, "fingerprint": fingerprint}, tmp)
     tmp.replace(path)  # atomic: a kill during the write leaves the previous checkpoint intact

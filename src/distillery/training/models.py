@@ -6,6 +6,7 @@ register two small CNNs in timm's registry: they are then chosen by name like an
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,15 @@ def load_partial_state(net: nn.Module, path: Path) -> list[str]:
     if skipped:
         print(f"fine-tuning from {path}: re-initialised {len(skipped)} tensor(s) that differ: {', '.join(skipped[:6])}")
     return skipped
+
+
+def state_digest(net: nn.Module) -> str:
+    """Identifies a model's weights (a teacher in cache keys and checkpoint fingerprints)."""
+    h = hashlib.sha1()
+    for name, tensor in net.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def count_params(net: nn.Module) -> int:

@@ -2,13 +2,16 @@
 
 Trials and final runs are both built by `arm_run`, so they train with the same schedule
 (student.epochs, warm-up, cosine), the same recipe and the same MLflow param keys; they differ
-only in the seed and the run name. A trial is seeded with `seed` (initialisation and data order);
-final seed s uses s for both, so every final seed varies initialisation and data order.
+only in the seeds and the run name. A run has two: its initialisation seed (weights, dropout, drop
+path) and its view seed (batch order and augmentation, `views.py`). Every trial of every arm uses
+`seed` for both, so all trials see the same views (common random numbers: their differences are
+their settings). Final seed s uses s for both, so seed-to-seed variance includes data order.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
@@ -16,10 +19,12 @@ import torch.nn as nn
 from ..core.arms import CONTROL_ALPHA, get_arm
 from ..core.config import Params
 from ..core.files import Best
+from ..core.paths import Layout
 from ..data import Prepared
 from .loop import Recipe
 from .losses import DistillLoss
 from .models import ModelSpec, build_teacher, vit_spec
+from .teacher_cache import TeacherCache
 
 
 @dataclass(frozen=True)
@@ -38,7 +43,7 @@ class RunPlan:
     def log_params(self, params: Params) -> dict[str, Any]:
         """Identical keys for a trial and a final run of any arm, so MLflow compares them column by column."""
         loss = self.recipe.loss
-        return {"arm": self.arm, "seed": self.seed, "epochs": self.recipe.epochs, **self.hparams,
+        return {"arm": self.arm, "seed": self.seed, "view_seed": self.recipe.view_seed, "epochs": self.recipe.epochs, **self.hparams,
                 "loss": {"kind": loss.kind, "alpha": loss.alpha, "tau": loss.tau, "kl_reduction": loss.kl_reduction},
                 "model": self.spec.name, "student": params.student.model_dump(), "train": params.train.model_dump(),
                 "augment": params.augment.model_dump()}
@@ -64,7 +69,7 @@ def student_spec(params: Params, data: Prepared, arm: str, drop_path: float) -> 
 def arm_run(params: Params, arm: str, data: Prepared, hparams: dict[str, float], seed: int, name: str) -> RunPlan:
     recipe = Recipe(epochs=params.student.epochs, lr=hparams["lr"], weight_decay=hparams["weight_decay"],
                     mixing=hparams["mixing"], train=params.train, augment=params.augment,
-                    loss=make_loss(params, arm, hparams), seed=seed)
+                    loss=make_loss(params, arm, hparams), seed=seed, view_seed=seed)
     return RunPlan(name, arm, seed, student_spec(params, data, arm, hparams["drop_path"]), recipe, dict(hparams))
 
 
@@ -80,6 +85,17 @@ def teacher_run(params: Params, data: Prepared) -> tuple[nn.Module, RunPlan]:
     t = params.teacher
     net, spec = build_teacher(t.model, data.channels, data.num_classes, t.pretrained, params.seed)
     recipe = Recipe(epochs=t.epochs, lr=t.lr, weight_decay=t.weight_decay, mixing=t.mixing, train=params.train,
-                    augment=params.augment, loss=DistillLoss("none"), seed=params.seed)
+                    augment=params.augment, loss=DistillLoss("none"), seed=params.seed, view_seed=params.seed)
     hparams = {"lr": t.lr, "weight_decay": t.weight_decay, "mixing": t.mixing}
     return net, RunPlan("teacher", "teacher", params.seed, spec, recipe, hparams)
+
+
+def teacher_cache(params: Params, layout: Layout) -> TeacherCache | None:
+    """Where distilled runs replay the teacher's logits; None when distill.teacher is live."""
+    d = params.distill
+    if d.teacher == "live":
+        return None
+    root = Path(d.cache_dir) if d.cache_dir else layout.home / "cache" / "teacher"
+    if not root.is_absolute():
+        root = layout.home / root
+    return TeacherCache(root, int(d.cache_max_mb * 2**20))

@@ -6,7 +6,6 @@ same way (sweep trials log through the same EpochLogger but keep no model).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,17 +14,10 @@ import torch.nn as nn
 
 from ..core.files import write_csv
 from ..data import Prepared
-from .models import ModelSpec, count_params, save_model
+from .models import ModelSpec, count_params, save_model, state_digest
 from .tracking import EpochLogger, start_run
 from .loop import EpochCallback, Recipe, checkpoint_fingerprint, fit
-
-
-def state_digest(net: nn.Module) -> str:
-    h = hashlib.sha1()
-    for name, tensor in net.state_dict().items():
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+from .teacher_cache import TeacherCache
 
 
 @dataclass
@@ -37,7 +29,8 @@ class TrainedModel:
 
 def tracked_fit(*, name: str, net: nn.Module, spec: ModelSpec, data: Prepared, recipe: Recipe, tags: dict[str, str],
                 log_params: dict[str, Any], model_path: Path, history_path: Path, checkpoint: Path,
-                teacher: nn.Module | None = None, extra_callbacks: list[EpochCallback] = ()) -> TrainedModel:
+                teacher: nn.Module | None = None, extra_callbacks: list[EpochCallback] = (),
+                teacher_cache: TeacherCache | None = None) -> TrainedModel:
     """Train one model inside its own MLflow run; resume both the training and the run after a kill."""
     import mlflow
 
@@ -55,7 +48,8 @@ def tracked_fit(*, name: str, net: nn.Module, spec: ModelSpec, data: Prepared, r
         run_file.parent.mkdir(parents=True, exist_ok=True)
         run_file.write_text(run.info.run_id)
         history = fit(net, data, recipe, teacher=teacher, callbacks=[EpochLogger(), *extra_callbacks],
-                      checkpoint=checkpoint, desc=name, fingerprint_extra=fingerprint_extra)
+                      checkpoint=checkpoint, desc=name, fingerprint_extra=fingerprint_extra,
+                      teacher_cache=teacher_cache)
         save_model(model_path, net, spec, {"history": history})
         write_csv(history_path, history)
         final = {f"final_{k}": v for k, v in history[-1].items() if k.startswith("val_")}

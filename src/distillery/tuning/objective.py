@@ -22,6 +22,7 @@ from ..data import Prepared
 from ..training.loop import fit
 from ..training.models import count_params
 from ..training.plan import trial_run
+from ..training.teacher_cache import TeacherCache
 from ..training.tracking import EpochLogger, start_run
 from .studies import first_prunable_epoch, heartbeat, suggest_space
 
@@ -34,7 +35,7 @@ def _prune(trial: optuna.Trial, reason: str) -> optuna.TrialPruned:
 
 
 def make_objective(params: Params, arm: str, data: Prepared, teacher: nn.Module | None,
-                   tags: dict[str, str]) -> Callable[[optuna.Trial], float]:
+                   tags: dict[str, str], teacher_cache: TeacherCache | None = None) -> Callable[[optuna.Trial], float]:
     space = search_space(params, arm)
     budget = study_budget(params, arm)  # the same numbers the arm's study (pruner, sampler) is built from
     first_prunable = first_prunable_epoch(budget["warmup_epochs"], budget["epochs_per_trial"],
@@ -58,7 +59,8 @@ def make_objective(params: Params, arm: str, data: Prepared, teacher: nn.Module 
         with start_run(run.name, {**tags, "trial_number": str(trial.number)}, logged, nested=True):
             try:
                 history = fit(net, data, run.recipe, teacher=teacher if run.uses_teacher else None,
-                              callbacks=[EpochLogger(), report], desc=f"{arm} trial {trial.number}")
+                              callbacks=[EpochLogger(), report], desc=f"{arm} trial {trial.number}",
+                              teacher_cache=teacher_cache if run.uses_teacher else None)
             except TrainingError as exc:
                 raise _prune(trial, f"failed: {exc}") from None
             value = objective_of(history, budget["objective_epochs"])

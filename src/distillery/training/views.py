@@ -1,0 +1,82 @@
+"""The view stream: which images each training batch holds and how they are augmented.
+
+Every random draw that shapes what a model sees (batch order, shifts, flips, Mixup/CutMix pairing
+and λ, random erasing, RandAugment) comes from the run's *view seed*, the epoch and the step, and
+from nothing else: not from the initialisation seed, not from what the model's own dropout or drop
+path consumed before. So the views of (view seed, epoch, step) are the same in every run that
+shares the augmentation settings, which is what lets a teacher's logits be computed once and
+replayed (`teacher_cache.py`), and what makes trials of different arms see the same data (common
+random numbers).
+
+timm's Mixup and RandomErasing draw from numpy's, Python's and torch's global generators; they run
+inside `isolated_global_rng`, which seeds those for the step and restores the model's state after.
+"""
+
+from __future__ import annotations
+
+import random
+from contextlib import contextmanager
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .augment import BatchAugment
+
+_VIEW_TAG = 0x5649_4557  # "VIEW": keeps view seeds apart from any other use of the same integers
+
+
+def step_seeds(view_seed: int, epoch: int, steps: int) -> tuple[int, list[int]]:
+    """The epoch's seed (batch order, shifts, flips) and one seed per step (the global-RNG augmentations)."""
+    seq = np.random.SeedSequence([_VIEW_TAG, view_seed & (2**63 - 1), epoch])
+    seeds = seq.generate_state(steps + 1, dtype=np.uint32).tolist()
+    return seeds[0], seeds[1:]
+
+
+@contextmanager
+def isolated_global_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Run a block on global generators seeded with `seed`; restore the caller's generators after."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    devices = [device.index or 0] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
+            yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
+class ViewStream:
+    """The batches of one run, epoch by epoch, as a pure function of (view seed, epoch, step)."""
+
+    def __init__(self, view_seed: int, n: int, batch_size: int, augment: BatchAugment, device: torch.device):
+        self.view_seed = view_seed
+        self.n = n
+        self.batch_size = batch_size
+        self.steps = max(1, n // batch_size)  # the ragged last batch is dropped: Mixup needs even batches
+        self.augment = augment
+        self.device = device
+
+    def epoch(self, epoch: int, x: torch.Tensor, y: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(augmented normalised batch, target distribution) for each step of `epoch` (0-based).
+
+        The epoch's draws are made and copied to the device here, before the first batch is asked for."""
+        epoch_seed, seeds = step_seeds(self.view_seed, epoch, self.steps)
+        gen = torch.Generator().manual_seed(epoch_seed)
+        perm = torch.randperm(self.n, generator=gen)
+        # Per-image draws for the whole epoch at once, moved to the device in one copy: a copy per step
+        # would make the host wait for the GPU every step.
+        draws = self.augment.draw(self.steps, self.batch_size, gen)
+        perm, draws = perm.to(self.device), {k: v.to(self.device) for k, v in draws.items()}
+        return self._batches(perm, draws, seeds, x, y)
+
+    def _batches(self, perm: torch.Tensor, draws: dict[str, torch.Tensor], seeds: list[int], x: torch.Tensor,
+                 y: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for step in range(self.steps):
+            idx = perm[step * self.batch_size:(step + 1) * self.batch_size]
+            with isolated_global_rng(seeds[step], self.device):
+                batch = self.augment(x[idx], y[idx], {k: v[step] for k, v in draws.items()})
+            yield batch
