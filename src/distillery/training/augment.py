@@ -81,6 +81,11 @@ class BatchAugment:
             out[i] = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
         return torch.from_numpy(out).to(x_uint8.device)
 
+    @property
+    def uses_global_rng(self) -> bool:
+        """timm's Mixup/CutMix, RandomErasing and RandAugment draw from the global generators."""
+        return self.mixup is not None or self.erasing is not None or self.randaugment is not None
+
     def draw(self, steps: int, batch_size: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
         """The per-image shifts and flips of a whole epoch, (steps, batch, ...), on the CPU."""
         draws = {}

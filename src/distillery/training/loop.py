@@ -188,7 +188,9 @@ def fit(net: nn.Module, data: Prepared, recipe: Recipe, *, teacher: nn.Module | 
         raise TrainingError(f"{desc}: batch of {batch_size} images is odd and Mixup/CutMix pairs images within a "
                             "batch; set an even train.batch_size")
     steps_per_epoch = max(1, n // batch_size)  # drop the ragged last batch: mixup needs even batches
-    opt_kwargs = {"fused": True} if device.type == "cuda" and recipe.train.optimizer in ("adamw", "adam") else {}
+    # torch's fused Adam/AdamW kernel (CPU and CUDA): one kernel instead of a Python loop over parameters,
+    # 4x faster than the default on this CPU (benchmarks/bench_teacher_cache.py profiles the step).
+    opt_kwargs = {"fused": True} if recipe.train.optimizer in ("adamw", "adam") else {}
     optimizer = create_optimizer_v2(net, opt=recipe.train.optimizer, lr=recipe.lr, weight_decay=recipe.weight_decay,
                                     **opt_kwargs)
     scheduler, _ = create_scheduler_v2(
