@@ -126,6 +126,29 @@ def test_the_real_studies_spent_the_same_budget(repo):
     assert ("budget.epochs_per_trial", str(TINY["student.epochs"])) in budgets["sweep-none"]
 
 
+def test_the_teacher_runs_once_per_view_stream(repo):
+    """A distilled run replays the teacher's logits when an earlier run had the same views (view seed and
+    Mixup/CutMix alpha): hard's trials after soft's, hard's finals after soft's; it computes them otherwise."""
+    dest, _, _ = repo
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{dest / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("distillery")
+    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id], max_results=500)}
+    seen, streams = set(), set()
+    order = [f"{arm}-trial-{n}" for arm in ("soft", "hard") for n in range(TINY["sweep.n_trials"])]
+    order += [f"{arm}-seed{s}" for arm in ("soft", "hard") for s in TINY["final.seeds"]]
+    for name in order:  # the order DVC runs them in: soft's sweep, hard's sweep, soft's finals, hard's finals
+        run = runs[name]
+        stream = (run.data.params["view_seed"], float(run.data.params["mixing"]))
+        cached = [m.value for m in client.get_metric_history(run.info.run_id, "teacher_from_cache")]
+        assert cached == [1.0 if stream in seen else 0.0] * TINY["student.epochs"], (name, stream, seen)
+        seen.add(stream)
+        streams.add(stream)
+    on_disk = list((dest / "cache/teacher").glob("*/epoch_*.npy"))
+    assert len(on_disk) == len(streams) * TINY["student.epochs"]
+
+
 def test_second_repro_reruns_nothing(repo):
     dest, env, _ = repo
     assert ran(run_ok(["dvc", "repro"], dest, env)) == set()
