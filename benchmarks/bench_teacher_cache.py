@@ -4,7 +4,8 @@ Run (from the project root, venv active):  python benchmarks/bench_teacher_cache
   [--teacher models/teacher.pt] [--repeats 3] [--epochs 3] [--trials N] [--sweep-epochs N] [--skip-sweep]
 
 Prints, as ratios of timings taken in this run (the machine's speed drifts; compare ratios):
-  1. distilled epoch / plain-ViT epoch, with the teacher live and replayed from the cache
+  1. distilled epoch / plain-ViT epoch, with the teacher live and replayed from the cache, and the
+     control arm (the distilled architecture without a teacher: what the extra token alone costs)
      (median seconds per epoch over interleaved repeats);
   2. the teacher's share of a live distilled step, and the cache's bytes per image per epoch;
   3. one sweep of the two distilled arms (soft then hard, the pipeline's order, fixed trial count,
@@ -108,7 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--teacher", default="models/teacher.pt")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=3, help="epochs per timed run in part 1")
     parser.add_argument("--trials", type=int, default=None, help="trials per arm in part 3 (default: sweep.n_trials)")
     parser.add_argument("--sweep-epochs", type=int, default=None, help="epochs per trial (default: student.epochs)")
@@ -125,9 +126,11 @@ def main() -> None:
         # 1. epochs: plain ViT, distilled live, distilled replayed (cache built once, untimed)
         cache = TeacherCache(tmp / "cache", 2**34)
         epoch_seconds(params, data, "soft", teacher, cache, args.epochs)
-        times = {"plain ViT (none)": [], "soft, teacher live": [], "soft, teacher cached": []}
+        times = {"plain ViT (none)": [], "DeiT arch, no teacher": [], "soft, teacher live": [],
+                 "soft, teacher cached": []}
         for _ in range(args.repeats):  # interleaved, so drift hits every variant alike
             times["plain ViT (none)"] += epoch_seconds(params, data, "none", None, None, args.epochs)
+            times["DeiT arch, no teacher"] += epoch_seconds(params, data, "control", None, None, args.epochs)
             times["soft, teacher live"] += epoch_seconds(params, data, "soft", teacher, None, args.epochs)
             times["soft, teacher cached"] += epoch_seconds(params, data, "soft", teacher, cache, args.epochs)
         med = {k: statistics.median(v) for k, v in times.items()}
@@ -135,7 +138,8 @@ def main() -> None:
         print("\n1. seconds per epoch (median of", len(times["plain ViT (none)"]), "epochs) and ratio to plain ViT")
         for k, v in med.items():
             print(f"   {k:24s} {v:7.3f} s   {v / base:5.3f}×")
-        print(f"   cached / live: {med['soft, teacher cached'] / med['soft, teacher live']:.3f}")
+        print(f"   cached / live: {med['soft, teacher cached'] / med['soft, teacher live']:.3f}; cached / no teacher: "
+              f"{med['soft, teacher cached'] / med['DeiT arch, no teacher']:.3f}")
 
         # 2. teacher share and bytes
         t_teacher = teacher_seconds_per_epoch(params, data, teacher, args.repeats * 3)
