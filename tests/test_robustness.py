@@ -92,6 +92,21 @@ def finished(trials):
 
 
 def test_killed_sweep_keeps_finished_trials_and_completes_to_the_cap(project):
+    # Trials long enough (~10 s) that polling the study reliably sees one finished and one running:
+    # at SMALL's 6 epochs, with the teacher's logits replayed from the cache, a whole sweep can finish
+    # between two polls. Restored afterwards for the tests that follow.
+    params = project / "params.yaml"
+    original = params.read_text()
+    raw = yaml.safe_load(original)
+    raw["student"]["epochs"] = 15
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    try:
+        _kill_and_resume_a_sweep(project)
+    finally:
+        params.write_text(original)
+
+
+def _kill_and_resume_a_sweep(project):
     proc = stage(project, "pipeline/sweep.py", "--arm", "soft")
     db = project / "sweeps/soft/study.db"
 
