@@ -14,7 +14,7 @@ from distillery.training.loop import fit, seed_everything
 from distillery.training.losses import DistillLoss
 from distillery.training.models import state_digest, vit_spec
 from distillery.training.plan import final_run, teacher_cache, trial_run
-from distillery.training.teacher_cache import TeacherCache, TeacherLogits, open_teacher_logits
+from distillery.training.teacher_cache import TeacherCache, TeacherLogits, open_teacher_logits, stream_key
 from distillery.training.views import ViewStream
 from test_train import STUDENT, recipe, toy_data
 
@@ -37,7 +37,7 @@ def teacher_net(seed=0):
     return timm.create_model("distillery_cnn_small", in_chans=1, num_classes=3).eval()
 
 
-def student(drop_path=0.1):
+def student(drop_path=0.1):  # drop path draws from the global generator: the views must not notice
     spec = vit_spec("s", STUDENT.model, 8, 1, 3, STUDENT, drop_path)
     return spec.build(0)
 
@@ -143,8 +143,9 @@ def test_the_replayed_logits_are_what_trains_the_student(tmp_path):
 def test_an_unreadable_cache_file_is_recomputed(tmp_path):
     cache = TeacherCache(tmp_path, 2**30)
     live = distilled_fit(cache)
-    for f in tmp_path.glob("*/epoch_*.npy"):
-        f.write_bytes(b"not an array")
+    files = sorted(tmp_path.glob("*/epoch_*.npy"))
+    files[0].write_bytes(b"not an array")
+    files[1].write_bytes(b"")  # empty: np.load raises EOFError
     again = distilled_fit(cache)
     assert [h["teacher_from_cache"] for h in again[1]] == [0.0, 0.0]
     same_training(live, again)
@@ -167,14 +168,54 @@ def test_the_size_is_printed_before_the_cache_is_built(tmp_path, capsys):
     assert sum(f.stat().st_size for f in tmp_path.glob("*/epoch_*.npy")) >= 288
 
 
+def key_of(**change):
+    args = {"teacher_digest": state_digest(teacher_net()), "data_fingerprint": toy_data().fingerprint(),
+            "augment": AUG, "mixing": 0.8, "batch_size": 16, "view_seed": 0, "device": CPU, **change}
+    return stream_key(**args)
+
+
 def test_streams_are_keyed_by_what_changes_the_logits(tmp_path):
     cache = TeacherCache(tmp_path, 2**30)
-    base = {"teacher": state_digest(teacher_net()), "view_seed": 0, "mixing": 0.8, "augment": AUG.model_dump()}
-    same = cache.stream_dir(dict(base))
-    assert same == cache.stream_dir(dict(base))
-    for change in ({"teacher": state_digest(teacher_net(seed=1))}, {"view_seed": 1}, {"mixing": 0.2},
-                   {"augment": AUG.model_copy(update={"translate": 1}).model_dump()}):
-        assert cache.stream_dir({**base, **change}) != same, change
+    same = cache.stream_dir(key_of())
+    assert same == cache.stream_dir(key_of())
+    changes = [{"teacher_digest": state_digest(teacher_net(seed=1))}, {"data_fingerprint": toy_data(seed=1).fingerprint()},
+               {"mixing": 0.2}, {"batch_size": 14}, {"view_seed": 1}]
+    changes += [{"augment": AUG.model_copy(update={field: value})} for field, value in
+                (("randaugment", "rand-m9"), ("translate", 1), ("hflip", False), ("mix_prob", 0.5), ("random_erasing", 0.25))]
+    assert {f for c in changes if "augment" in c for f in type(AUG).model_fields} == set(type(AUG).model_fields)
+    for change in changes:
+        assert cache.stream_dir(key_of(**change)) != same, change
+    key = key_of()
+    assert set(key["versions"]) == {"torch", "timm", "numpy", "pillow"} and "threads" in key["hardware"]
+
+
+def test_the_loop_files_its_logits_under_that_key(tmp_path):
+    """Ties fit() to stream_key: a key fit() built by itself, missing a field, would land elsewhere."""
+    distilled_fit(TeacherCache(tmp_path, 2**30), epochs=1)
+    assert [d.name for d in tmp_path.iterdir()] == [TeacherCache(tmp_path, 0).stream_dir(key_of()).name]
+
+
+def test_a_resumed_distilled_run_replays_and_ends_where_the_uninterrupted_one_does(tmp_path):
+    from distillery.core.errors import TrainingError
+
+    cache = TeacherCache(tmp_path / "cache", 2**30)
+    r = recipe(epochs=3, loss=DistillLoss("soft", 0.5, 2.0), augment=AUG, mixing=0.8)
+    uninterrupted = (student(), None)
+    uninterrupted = (uninterrupted[0], fit(uninterrupted[0], toy_data(), r, teacher=teacher_net(), progress=False))
+
+    def stop_after_two(record):
+        if record["epoch"] == 2:
+            raise TrainingError("killed")
+
+    ckpt = tmp_path / "run.pt"
+    with pytest.raises(TrainingError):
+        fit(student(), toy_data(), r, teacher=teacher_net(), teacher_cache=cache, checkpoint=ckpt,
+            callbacks=[stop_after_two], progress=False)
+    net = student()
+    history = fit(net, toy_data(), r, teacher=teacher_net(), teacher_cache=cache, checkpoint=ckpt, progress=False)
+    assert [h["teacher_from_cache"] for h in history] == [0.0, 0.0, 0.0]  # epochs 1-2 restored, epoch 3 built
+    assert len(list(tmp_path.glob("cache/*/epoch_*.npy"))) == 3
+    same_training(uninterrupted, (net, history))
 
 
 def test_live_mode_has_no_cache_and_cached_mode_lives_at_the_project(tmp_path):

@@ -7,6 +7,7 @@ checkpoint when the same run (same fingerprint) is started again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -27,7 +28,7 @@ from ..data import Prepared
 from ..core.errors import TrainingError
 from .losses import DistillLoss, soft_target_ce
 from .models import split_heads, state_digest
-from .teacher_cache import TeacherCache, open_teacher_logits
+from .teacher_cache import TeacherCache, open_teacher_logits, stream_key
 from .views import ViewStream
 
 EpochCallback = Callable[[dict[str, Any]], None]
@@ -223,9 +224,8 @@ def fit(net: nn.Module, data: Prepared, recipe: Recipe, *, teacher: nn.Module | 
 
     teacher_logits_of = None
     if loss_fn.needs_teacher:
-        key = {"teacher": state_digest(teacher), "data": data.fingerprint(), "augment": recipe.augment.model_dump(),
-               "mixing": recipe.mixing, "batch_size": batch_size, "view_seed": recipe.view_seed,
-               "device": device.type, "torch": torch.__version__}
+        key = stream_key(state_digest(teacher), data.fingerprint(), recipe.augment, recipe.mixing, batch_size,
+                         recipe.view_seed, device)
         teacher_logits_of = open_teacher_logits(teacher, device, (steps_per_epoch, batch_size, data.num_classes),
                                                 range(start_epoch, recipe.epochs), teacher_cache, key, desc)
     bar = tqdm(range(start_epoch, recipe.epochs), desc=desc, unit="ep", disable=not progress, dynamic_ncols=True,
@@ -238,28 +238,30 @@ def fit(net: nn.Module, data: Prepared, recipe: Recipe, *, teacher: nn.Module | 
         parts_sum: dict[str, torch.Tensor] = {}
         correct = torch.zeros((), device=device)
         batches = views.epoch(epoch, x_train, y_train)
-        for step, (x, target) in enumerate(_steps_without_sync(batches, device, forbid_host_sync)):
-            teacher_logits = teacher_logits_of(step, x) if teacher_logits_of is not None else None
-            with _autocast(device):
-                outputs = net(x)
-            outputs = tuple(o.float() for o in outputs) if isinstance(outputs, tuple) else outputs.float()
-            parts = loss_fn(outputs, target, teacher_logits)
-            loss = parts["loss"]
-            # A CPU check costs nothing; on GPU it would sync every step, so check once per epoch there.
-            if device.type == "cpu" and not torch.isfinite(loss):
-                raise TrainingError(f"{desc}: loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                                    "lower the learning rate or enable train.grad_clip")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if recipe.train.grad_clip:
-                nn.utils.clip_grad_norm_(net.parameters(), recipe.train.grad_clip)
-            optimizer.step()
-            scheduler.step_update(epoch * steps_per_epoch + step + 1)
-            loss_sum += loss.detach()
-            for k, v in parts.items():
-                parts_sum[k] = parts_sum.get(k, 0) + v.detach()
-            z_c = outputs[0] if isinstance(outputs, tuple) else outputs
-            correct += (z_c.argmax(1) == target.argmax(1)).sum()
+        # closing() ends the sync check even when a step raises (a suspended generator would keep it on)
+        with contextlib.closing(_steps_without_sync(batches, device, forbid_host_sync)) as steps:
+            for step, (x, target) in enumerate(steps):
+                teacher_logits = teacher_logits_of(step, x) if teacher_logits_of is not None else None
+                with _autocast(device):
+                    outputs = net(x)
+                outputs = tuple(o.float() for o in outputs) if isinstance(outputs, tuple) else outputs.float()
+                parts = loss_fn(outputs, target, teacher_logits)
+                loss = parts["loss"]
+                # A CPU check costs nothing; on GPU it would sync every step, so check once per epoch there.
+                if device.type == "cpu" and not torch.isfinite(loss):
+                    raise TrainingError(f"{desc}: loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                                        "lower the learning rate or enable train.grad_clip")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if recipe.train.grad_clip:
+                    nn.utils.clip_grad_norm_(net.parameters(), recipe.train.grad_clip)
+                optimizer.step()
+                scheduler.step_update(epoch * steps_per_epoch + step + 1)
+                loss_sum += loss.detach()
+                for k, v in parts.items():
+                    parts_sum[k] = parts_sum.get(k, 0) + v.detach()
+                z_c = outputs[0] if isinstance(outputs, tuple) else outputs
+                correct += (z_c.argmax(1) == target.argmax(1)).sum()
         scheduler.step(epoch + 1)
         if teacher_logits_of is not None:
             teacher_logits_of.end_epoch()

@@ -8,7 +8,7 @@ import platform
 import torch
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in open("/proc/cpuinfo"):
             if line.startswith("model name"):
@@ -19,7 +19,7 @@ def _cpu_model() -> str:
 
 
 def machine_info(device: torch.device | None = None) -> dict[str, object]:
-    info: dict[str, object] = {"cpu": _cpu_model(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+    info: dict[str, object] = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
                                "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
                                "os": platform.platform(terse=True)}
     if device is not None and device.type == "cuda":

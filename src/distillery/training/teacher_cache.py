@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .machine import cpu_model
+
 CACHE_DTYPE = torch.float16
 FORMAT = 1
 
@@ -36,6 +38,24 @@ FORMAT = 1
 def round_logits(z: torch.Tensor) -> torch.Tensor:
     """The teacher's logits as every run sees them, cached or live: fp16 values, computed with in float32."""
     return z.to(CACHE_DTYPE).float()
+
+
+def stream_key(teacher_digest: str, data_fingerprint: str, augment: Any, mixing: float, batch_size: int,
+               view_seed: int, device: torch.device) -> dict[str, Any]:
+    """Everything the teacher's input or output for a run's batches depends on.
+
+    The library versions are here because timm, numpy and PIL decide what the augmentations draw and
+    in which order: after an upgrade the same view seed may give other images, whose logits must not
+    be replayed. The device model is here because another GPU or CPU rounds differently."""
+    import PIL
+    import timm
+
+    hardware = (f"{torch.cuda.get_device_name(device)}, cudnn {torch.backends.cudnn.version()}"
+                if device.type == "cuda" else f"{cpu_model()}, {torch.get_num_threads()} threads")
+    return {"teacher": teacher_digest, "data": data_fingerprint, "augment": augment.model_dump(), "mixing": mixing,
+            "batch_size": batch_size, "view_seed": view_seed, "device": device.type, "hardware": hardware,
+            "versions": {"torch": torch.__version__, "timm": timm.__version__, "numpy": np.__version__,
+                         "pillow": PIL.__version__}}
 
 
 def _human(nbytes: float) -> str:
@@ -88,8 +108,8 @@ class TeacherLogits:
             return None
         try:
             arr = np.load(path, allow_pickle=False)
-        except (OSError, ValueError):
-            return None  # unreadable (e.g. a disk filled mid-write by another tool): recompute it
+        except (OSError, ValueError, EOFError):
+            return None  # unreadable, empty or truncated (e.g. a disk filled mid-write): recompute it
         if arr.shape != self.shape or arr.dtype != np.float16:
             return None
         return torch.from_numpy(arr).to(self.device)  # one copy per epoch, not per step
