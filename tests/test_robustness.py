@@ -32,8 +32,29 @@ def project(tmp_path_factory):
 
 
 def stage(project, *args):
-    return subprocess.Popen([sys.executable, *args], cwd=project, env=project_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    """A stage process whose output goes to a file: an unread pipe would block it once full."""
+    path = project / f"stage-{time.time_ns()}.log"
+    with open(path, "w") as log:
+        proc = subprocess.Popen([sys.executable, *args], cwd=project, env=project_env(), stdout=log,
+                                stderr=subprocess.STDOUT, text=True)
+    proc.log_path = path
+    return proc
+
+
+def tail(proc, n=3000):
+    return proc.log_path.read_text(errors="replace")[-n:]
+
+
+def trial_states(db):
+    """The trials' states, read without Optuna: opening an Optuna storage on a database a worker is
+    still creating races its schema setup and can crash the worker."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+            return [row[0] for row in con.execute("SELECT state FROM trials")]
+    except sqlite3.Error:
+        return []  # not created yet, or busy: ask again
 
 
 def wait_for(predicate, timeout=300, what="condition"):
@@ -111,15 +132,14 @@ def _kill_and_resume_a_sweep(project):
     db = project / "sweeps/soft/study.db"
 
     def one_done_one_running():
-        if not db.exists():
-            return False
-        try:
-            trials = study_trials(project, "soft")
-        except Exception:
-            return False
-        return len(finished(trials)) >= 1 and any(t.state.name == "RUNNING" for t in trials)
+        states = trial_states(db) if db.exists() else []
+        return sum(s in ("COMPLETE", "PRUNED") for s in states) >= 1 and "RUNNING" in states
 
-    wait_for(one_done_one_running, what="a finished trial and a running one")
+    try:
+        wait_for(one_done_one_running, what="a finished trial and a running one")
+    except AssertionError as exc:
+        proc.kill()
+        raise AssertionError(f"{exc}; worker exit code {proc.poll()}, its output:\n{tail(proc)}") from None
     before = {t.number: t.params for t in finished(study_trials(project, "soft"))}
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -138,7 +158,9 @@ def test_two_sweep_workers_stop_at_exactly_the_cap(project):
     raw["sweep"]["n_trials"] = 6
     (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     workers = [stage(project, "pipeline/sweep.py", "--arm", "hard") for _ in range(2)]
-    logs = [w.communicate(timeout=600)[0] for w in workers]
+    for w in workers:
+        w.wait(timeout=600)
+    logs = [tail(w) for w in workers]
     assert all(w.returncode == 0 for w in workers), logs
     trials = study_trials(project, "hard")
     assert len(trials) == 6 and len(finished(trials)) == 6
