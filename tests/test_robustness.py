@@ -113,9 +113,9 @@ def finished(trials):
 
 
 def test_killed_sweep_keeps_finished_trials_and_completes_to_the_cap(project):
-    # Trials long enough (~10 s) that polling the study reliably sees one finished and one running:
-    # at SMALL's 6 epochs, with the teacher's logits replayed from the cache, a whole sweep can finish
-    # between two polls. Restored afterwards for the tests that follow.
+    # Trials of ~10 s, so the window "one finished, one running" is wide for the poll below (at SMALL's
+    # 6 epochs, with the teacher's logits replayed from the cache, a trial takes ~2 s). Restored
+    # afterwards for the tests that follow.
     params = project / "params.yaml"
     original = params.read_text()
     raw = yaml.safe_load(original)
