@@ -29,6 +29,7 @@ class DataConfig(_Section):
     path: str | None = None
     url: str = TF_FLOWERS_URL
     image_size: int = Field(16, ge=4, le=1024)
+    storage_size: int | None = Field(None, ge=4, le=2048)
     channels: Literal["auto", 1, 3] = "auto"
     val_fraction: float = Field(0.15, gt=0.0, lt=1.0)
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
@@ -41,17 +42,37 @@ class DataConfig(_Section):
                 f"data.val_fraction + data.test_fraction = {self.val_fraction + self.test_fraction:g}"
                 " leaves no training data; allowed: a sum below 1"
             )
+        if self.storage_size is not None and self.storage_size < self.image_size:
+            raise ValueError(f"data.storage_size={self.storage_size} is below data.image_size={self.image_size}; "
+                             "allowed: null (store at image_size) or at least image_size")
         if self.source == "folder" and not self.path:
             raise ValueError("data.path is required when data.source is 'folder'; allowed: a directory with one sub-folder per class")
         return self
 
 
 class AugmentConfig(_Section):
+    random_resized_crop: bool = False
+    rrc_scale: tuple[float, float] = (0.08, 1.0)
+    rrc_ratio: tuple[float, float] = (0.75, 4.0 / 3.0)
     randaugment: str | None = None
     translate: int = Field(2, ge=0)
     hflip: bool = False
     mix_prob: float = Field(1.0, ge=0.0, le=1.0)
     random_erasing: float = Field(0.0, ge=0.0, le=1.0)
+
+    @field_validator("rrc_scale")
+    @classmethod
+    def _scale(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 < v[0] <= v[1] <= 1.0:
+            raise ValueError(f"{list(v)} is not an area range; allowed: [low, high] with 0 < low <= high <= 1")
+        return v
+
+    @field_validator("rrc_ratio")
+    @classmethod
+    def _ratio(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 < v[0] <= v[1]:
+            raise ValueError(f"{list(v)} is not an aspect-ratio range; allowed: [low, high] with 0 < low <= high")
+        return v
 
     @field_validator("randaugment")
     @classmethod
@@ -70,6 +91,8 @@ class TrainConfig(_Section):
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
     grad_clip: float | None = Field(None, gt=0.0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    device_cache: Literal["auto", "on", "off"] = "auto"
+    device_cache_mb: float = Field(4096.0, ge=0.0)
     compile: bool = False
 
 
@@ -266,6 +289,7 @@ class ReportConfig(_Section):
     title: str = "Does distillation help on this data?"
     min_effect: float = Field(1.0, ge=0.0)
     alpha: float = Field(0.05, gt=0.0, lt=0.5)
+    weak_teacher_ratio: float = Field(0.75, gt=0.0, le=1.0)
 
 
 class TrackingConfig(_Section):
@@ -302,6 +326,9 @@ class Params(_Section):
                 f"train.batch_size={self.train.batch_size} is odd, and Mixup/CutMix (search.mixing, teacher.mixing) "
                 "pair images within a batch; allowed: an even batch size, or mixing 0 everywhere"
             )
+        if self.augment.random_resized_crop and self.augment.translate > 0:
+            raise ValueError(f"augment.random_resized_crop is on and augment.translate={self.augment.translate}: the crop "
+                             "already moves the image; allowed: translate 0 with random_resized_crop")
         if self.seed in self.final.seeds:
             raise ValueError(
                 f"seed={self.seed} is also in final.seeds={self.final.seeds}: every sweep trial uses `seed`, so that "
