@@ -36,6 +36,11 @@ class ReportInputs:
         return {arm: {int(s): v["test_acc_avg"] for s, v in self.evaluation[arm]["per_seed"].items()}
                 for arm in self.arms if arm in self.evaluation}
 
+    def final_val_acc(self) -> dict[str, dict[int, float]]:
+        """Last epoch's val accuracy per arm and final seed, from the histories (empty histories left out)."""
+        return {arm: {int(s): h[-1]["val_acc"] for s, h in self.histories.get(arm, {}).items() if h}
+                for arm in self.arms}
+
 
 def load_inputs(layout: Layout, params: Params) -> ReportInputs:
     arms = params.arms.all

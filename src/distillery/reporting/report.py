@@ -18,6 +18,7 @@ from ..core.paths import Layout
 from . import figures
 from .inputs import ReportInputs, load_inputs
 from .stats import Comparison, compare_arms
+from .teacher_check import TeacherCheck, check_teacher, teacher_check_lines
 
 FIGURES = {
     "effects.png": (None, "Each distilled arm minus each reference on the test split: Δ with its simultaneous CI; "
@@ -63,6 +64,11 @@ def comparisons_of(inputs: ReportInputs) -> list[Comparison]:
     return compare_arms(inputs.per_seed_test_acc(), pairs, p.report.min_effect, p.report.alpha)
 
 
+def teacher_check_of(inputs: ReportInputs) -> TeacherCheck | None:
+    """The weak-teacher check (teacher_check.py); None when no distilled arm or no reference ran."""
+    return check_teacher(inputs.teacher["val_acc"], inputs.final_val_acc(), inputs.params.report.weak_teacher_ratio)
+
+
 def _machines(inputs: ReportInputs) -> list[str]:
     seen = []
     for m in [inputs.teacher.get("machine"), *(f.get("machine") for f in inputs.finals.values()),
@@ -101,12 +107,13 @@ def render_markdown(inputs: ReportInputs, comps: list[Comparison], figs: list[st
             ci = f"[{k.low:+.1f}, {k.high:+.1f}]" if np.isfinite(k.low) else "–"
             lines.append(f"| {k.arm} − {k.reference} | {k.n_seeds} | {k.diff:+.1f} | {ci} | {100 * k.level:.2f}% | "
                          f"{k.p_holm:.3f} | **{k.verdict}** |")
-        lines += ["", f"Soft distillation uses KL normalisation `{p.distill.soft.kl_reduction}` "
-                      "(`batchmean`: textbook KD, as timm; `numel`: the DeiT reference code, C times smaller). "
-                      "`control` is the distilled architecture without a teacher (both tokens learn the labels): "
-                      "distilled − control isolates the teacher's signal from the extra token and the averaged heads. "
-                      "The interval reflects seed-to-seed variance (initialisation and data order) on this fixed test "
-                      "split; it does not cover sampling a new test split.", ""]
+        lines += ["", *teacher_check_lines(teacher_check_of(inputs))]
+        lines += [f"Soft distillation uses KL normalisation `{p.distill.soft.kl_reduction}` "
+                  "(`batchmean`: textbook KD, as timm; `numel`: the DeiT reference code, C times smaller). "
+                  "`control` is the distilled architecture without a teacher (both tokens learn the labels): "
+                  "distilled − control isolates the teacher's signal from the extra token and the averaged heads. "
+                  "The interval reflects seed-to-seed variance (initialisation and data order) on this fixed test "
+                  "split; it does not cover sampling a new test split.", ""]
     else:
         lines += ["No distilled arm and reference both ran: nothing to compare.", ""]
     # ------------------------------------------------------------------ results table
@@ -184,6 +191,7 @@ def build_report(layout: Layout, params: Params) -> Path:
         "min_effect_points": params.report.min_effect, "family_alpha": params.report.alpha,
         "kl_reduction": params.distill.soft.kl_reduction, "n_seeds": len(params.final.seeds),
         "comparisons": {f"{k.arm}-{k.reference}": k.as_dict() for k in comps},
+        "teacher_check": check.as_dict() if (check := teacher_check_of(inputs)) is not None else None,
         "arms": {arm: {"test_acc": inputs.evaluation[arm]["test_acc"], "hparams": inputs.best[arm].hparams}
                  for arm in inputs.arms},
     })
