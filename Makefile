@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: repro test test-fast venv clean-outputs
+.PHONY: repro test test-fast venv clean-outputs profile
 
 venv: $(STAMP)
 
@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 
 repro: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+# A whole recipe at once: make profile NAME=photos-small SET="data.path=/my/photos" (profiles/*.yaml)
+profile: $(STAMP)
+	$(BIN)/python -m distillery.core.profiles $(NAME) $(SET)
 
 # pytest exits 5 when it collects no tests: treat that as a failure of the suite, not a pass.
 test: $(STAMP)

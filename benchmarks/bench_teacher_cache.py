@@ -34,6 +34,7 @@ from distillery.training.loop import fit
 from distillery.training.models import build_teacher, load_model
 from distillery.training.plan import arm_run
 from distillery.training.teacher_cache import TeacherCache
+from distillery.training.batches import DeviceBatches
 from distillery.training.views import ViewStream
 from distillery.training.augment import BatchAugment, Normalizer
 
@@ -65,9 +66,9 @@ def epoch_seconds(params, data, arm, teacher, cache, epochs) -> list[float]:
 def teacher_seconds_per_epoch(params, data, teacher, repeats: int) -> float:
     """The teacher's forward over one epoch's batches alone (what the cache removes from a live step)."""
     device = torch.device("cpu")
-    norm = Normalizer(data.mean, data.std, device)
+    norm = Normalizer(data.mean, data.std, device, data.image_size)
     augment = BatchAugment(params.augment, data.num_classes, params.train.label_smoothing, norm, device, HP["mixing"])
-    x, y = torch.from_numpy(np.array(data.splits["train"].x)), torch.as_tensor(data.splits["train"].y)
+    x, y = DeviceBatches(data.splits["train"].x, device), torch.as_tensor(data.splits["train"].y)
     stream = ViewStream(1, len(y), params.train.batch_size, augment, device)
     batches = [xb for xb, _ in stream.epoch(0, x, y)]
     teacher.eval()

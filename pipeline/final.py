@@ -32,7 +32,8 @@ def body(ctx: StageContext) -> str:
                           f"this run trains '{arm.name}' at student.epochs={p.student.epochs}; rerun the sweep first "
                           f"(dvc repro {arm.stage('sweep')})")
     data = load_prepared(layout.prepared)
-    teacher = load_model(layout.teacher_model)[0] if arm.uses_teacher else None
+    teacher = (load_model(layout.teacher_model, expect_classes=data.num_classes, expect_chans=data.channels)[0]
+               if arm.uses_teacher else None)
     setup_tracking(p.tracking, layout)
     cache = teacher_cache(p, layout) if arm.uses_teacher else None
     per_seed = {}

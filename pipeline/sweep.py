@@ -29,7 +29,8 @@ def body(ctx: StageContext) -> str:
     p, layout, arm = ctx.params, ctx.layout, get_arm(ctx.args.arm)
     check_model_names(p)
     data = load_prepared(layout.prepared)
-    teacher = load_model(layout.teacher_model)[0] if arm.uses_teacher else None
+    teacher = (load_model(layout.teacher_model, expect_classes=data.num_classes, expect_chans=data.channels)[0]
+               if arm.uses_teacher else None)
     setup_tracking(p.tracking, layout)
     budget = study_budget(p, arm.name)
     fingerprint = {  # n_trials is left out: it is a stopping rule, raising it continues the same study

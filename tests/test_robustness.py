@@ -70,7 +70,7 @@ def checkpoint_epoch(path):
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)["epoch"] + 1
+        return torch.load(path, map_location="cpu", weights_only=True)["epoch"] + 1
     except Exception:  # not written yet, or being replaced right now
         return 0
 

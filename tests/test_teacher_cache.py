@@ -15,6 +15,7 @@ from distillery.training.losses import DistillLoss
 from distillery.training.models import state_digest, vit_spec
 from distillery.training.plan import final_run, teacher_cache, trial_run
 from distillery.training.teacher_cache import TeacherCache, TeacherLogits, open_teacher_logits, stream_key
+from distillery.training.batches import DeviceBatches
 from distillery.training.views import ViewStream
 from test_train import STUDENT, recipe, toy_data
 
@@ -26,7 +27,7 @@ def views(view_seed, mixing=0.8, aug=AUG, batch=16):
     data = toy_data()
     norm = Normalizer(data.mean, data.std, CPU)
     augment = BatchAugment(aug, data.num_classes, 0.1, norm, CPU, mixing)
-    x, y = torch.from_numpy(np.array(data.splits["train"].x)), torch.as_tensor(data.splits["train"].y)
+    x, y = DeviceBatches(data.splits["train"].x, CPU), torch.as_tensor(data.splits["train"].y)
     return ViewStream(view_seed, len(y), batch, augment, CPU), x, y
 
 

@@ -149,7 +149,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     ckpt = tmp_path / "c.pt"
     with pytest.raises(TrainingError, match="loss became nan at epoch 2, step 2"):
         fit(TurnsNaN(build(False), after=steps + 2), toy_data(), recipe(epochs=3), checkpoint=ckpt, progress=False)
-    state = torch.load(ckpt, weights_only=False)
+    state = torch.load(ckpt, weights_only=True)
     assert state["epoch"] == 0 and len(state["history"]) == 1  # epoch 1 intact
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 

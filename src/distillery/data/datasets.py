@@ -34,6 +34,7 @@ class RawDataset:
     labels: np.ndarray  # int64 (N,)
     classes: list[str]
     skipped: list[dict[str, str]] = field(default_factory=list)
+    median_short_side: int | None = None  # of the source images before resizing (folders only)
 
 
 # ---------------------------------------------------------------- sources
@@ -117,33 +118,27 @@ def load_folder_source(root: str | Path, size: int, channels: str | int = "auto"
             else:
                 skipped.append({"file": str(p.relative_to(root)), "reason": "not an image file"})
 
-    # Decode and shrink each image once; the channel count is decided after all modes are known.
-    from tqdm import tqdm
-
+    # Decode and shrink each image once, in parallel; the channel count is decided after all modes are known.
+    decoded = _decode_all([p for p, _ in files], size)
     small: list[tuple[np.ndarray, int]] = []
+    short_sides: list[int] = []
     per_class: dict[int, int] = {}
     seen: dict[str, Path] = {}
-    for p, idx in tqdm(files, desc="reading images", unit="img", leave=False):
+    for (p, idx), (digest, result) in zip(files, decoded):
         if max_per_class is not None and per_class.get(idx, 0) >= max_per_class:
             continue
         # Byte-identical copies would leak between train and test; keep the first, list the rest.
-        content = p.read_bytes()
-        digest = hashlib.sha1(content).hexdigest()
         if digest in seen:
             skipped.append({"file": str(p.relative_to(root)), "reason": f"duplicate of {seen[digest].relative_to(root)}"})
             continue
         seen[digest] = p
-        try:
-            with Image.open(io.BytesIO(content)) as im:  # decode the bytes already read for the digest
-                im.draft("RGB", (size, size))  # JPEG: decode at reduced scale, cheap for huge photos
-                im.load()
-                gray = _is_grayscale_mode(im.mode)
-                arr = np.asarray(_resize_center_crop(_to_mode(im, 1 if gray else 3), size), dtype=np.uint8)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            skipped.append({"file": str(p.relative_to(root)), "reason": f"unreadable: {type(exc).__name__}: {exc}"[:200]})
+        if isinstance(result, str):
+            skipped.append({"file": str(p.relative_to(root)), "reason": result})
             continue
+        arr, short_side = result
         per_class[idx] = per_class.get(idx, 0) + 1
         small.append((arr, idx))
+        short_sides.append(short_side)
 
     counts = np.bincount([idx for _, idx in small], minlength=len(classes))
     empty = [classes[i] for i, c in enumerate(counts) if c == 0]
@@ -162,7 +157,44 @@ def load_folder_source(root: str | Path, size: int, channels: str | int = "auto"
     channels = int(channels)
     images = [_as_channels(a, channels) for a, _ in small]
     labels = [idx for _, idx in small]
-    return RawDataset(np.stack(images), np.asarray(labels, dtype=np.int64), classes, skipped)
+    return RawDataset(np.stack(images), np.asarray(labels, dtype=np.int64), classes, skipped,
+                      median_short_side=int(np.median(short_sides)))
+
+
+def _decode_one(path: Path, size: int) -> tuple[str, tuple[np.ndarray, int] | str]:
+    """(sha1 of the bytes, (uint8 image at `size`, its original short side) or why it could not be read)."""
+    content = path.read_bytes()
+    digest = hashlib.sha1(content).hexdigest()
+    try:
+        with Image.open(io.BytesIO(content)) as im:  # decode the bytes already read for the digest
+            short_side = min(im.size)
+            im.draft("RGB", (size, size))  # JPEG: decode at reduced scale, cheap for huge photos
+            im.load()
+            gray = _is_grayscale_mode(im.mode)
+            arr = np.asarray(_resize_center_crop(_to_mode(im, 1 if gray else 3), size), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        return digest, f"unreadable: {type(exc).__name__}: {exc}"[:200]
+    return digest, (arr, short_side)
+
+
+def _decode_worker(args: tuple[Path, int]) -> tuple[str, tuple[np.ndarray, int] | str]:
+    return _decode_one(*args)
+
+
+def _decode_all(paths: list[Path], size: int) -> list[tuple[str, tuple[np.ndarray, int] | str]]:
+    """Decode every file, in order, on all cores (JPEG decoding is the whole cost of prepare for photos)."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm import tqdm
+
+    workers = min(os.cpu_count() or 1, 8)
+    jobs = [(p, size) for p in paths]
+    if workers == 1 or len(paths) < 64:  # a pool's start-up costs more than a few dozen images
+        return [_decode_one(p, size) for p in tqdm(paths, desc="reading images", unit="img", leave=False)]
+    with ProcessPoolExecutor(workers) as pool:
+        return list(tqdm(pool.map(_decode_worker, jobs, chunksize=16), total=len(jobs), desc="reading images",
+                         unit="img", leave=False))
 
 
 def download_tf_flowers(url: str, cache_dir: Path) -> Path:
@@ -195,19 +227,30 @@ def _single_subfolder(path: Path) -> Path:
 
 
 def load_source(cfg: DataConfig, cache_dir: Path) -> RawDataset:
+    """The images at the storage size (data.storage_size, or data.image_size when that is null)."""
+    size = cfg.storage_size or cfg.image_size
     if cfg.source == "digits":
-        return load_digits_source(cfg.image_size)
+        return load_digits_source(size)
     if cfg.source == "mnist5k":
-        return load_mnist5k_source(cfg.image_size)
+        return load_mnist5k_source(size)
     if cfg.source == "folder":
-        return load_folder_source(cfg.path, cfg.image_size, cfg.channels, cfg.max_per_class)
+        return load_folder_source(cfg.path, size, cfg.channels, cfg.max_per_class)
     if cfg.source == "tf_flowers":
         root = download_tf_flowers(cfg.url, cache_dir)
-        return load_folder_source(root, cfg.image_size, cfg.channels, cfg.max_per_class)
+        return load_folder_source(root, size, cfg.channels, cfg.max_per_class)
     raise DataError(f"data.source='{cfg.source}' is unknown")  # the schema already refuses this
 
 
 # ---------------------------------------------------------------- split
+def size_advice(median_short_side: int | None, image_size: int) -> str | None:
+    """A warning when the images are far larger than the size they are trained at (a photo at 16 px is a smudge)."""
+    if median_short_side is None or image_size >= 64 or median_short_side < 4 * image_size:
+        return None
+    return (f"data.image_size={image_size} is {median_short_side / image_size:.0f}x below your images' median short "
+            f"side ({median_short_side} px): most of each photo is thrown away; for photos try "
+            "`make profile NAME=photos-small` (64 px, random-resized crops) or raise data.image_size")
+
+
 def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int,
                      class_names: list[str] | None = None) -> dict[str, np.ndarray]:
     """Indices per split. Every class gets at least one image in each split, so it needs >= 3."""
@@ -246,6 +289,7 @@ class Prepared:
     classes: list[str]
     mean: list[float]
     std: list[float]
+    train_size: int | None = None  # data.image_size when stored larger; None: the stored size
 
     @property
     def num_classes(self) -> int:
@@ -256,31 +300,50 @@ class Prepared:
         return int(self.splits["train"].x.shape[1])
 
     @property
-    def image_size(self) -> int:
+    def storage_size(self) -> int:
         return int(self.splits["train"].x.shape[2])
+
+    @property
+    def image_size(self) -> int:
+        """The size models see: the stored images are cropped (randomly in training, centrally otherwise) to it."""
+        return self.train_size or self.storage_size
 
     def fingerprint(self) -> str:
         """Identifies the training data; a checkpoint from other data must not be resumed."""
-        h = hashlib.sha1(json.dumps([self.classes, self.mean, self.std]).encode())
+        described = [self.classes, self.mean, self.std]
+        if self.image_size != self.storage_size:  # the same stored pixels seen at another size are other data
+            described.append(self.image_size)
+        h = hashlib.sha1(json.dumps(described).encode())
         for split in ("train", "val"):
             h.update(np.ascontiguousarray(self.splits[split].x).tobytes())
             h.update(np.ascontiguousarray(self.splits[split].y).tobytes())
         return h.hexdigest()[:16]
 
 
-def save_prepared(raw: RawDataset, idx: dict[str, np.ndarray], out: Path, source: str) -> dict:
+def save_prepared(raw: RawDataset, idx: dict[str, np.ndarray], out: Path, source: str,
+                  image_size: int | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     train = raw.images[idx["train"]].astype(np.float64) / 255.0
     mean = train.mean(axis=(0, 2, 3)).tolist()
     std = np.maximum(train.std(axis=(0, 2, 3)), 1e-3).tolist()
     for split in SPLITS:
-        np.save(out / f"{split}_x.npy", np.ascontiguousarray(raw.images[idx[split]]))
-        np.save(out / f"{split}_y.npy", raw.labels[idx[split]])
+        _save_npy(out / f"{split}_x.npy", np.ascontiguousarray(raw.images[idx[split]]))
+        _save_npy(out / f"{split}_y.npy", raw.labels[idx[split]])
+    stored = int(raw.images.shape[2])
     meta = {"source": source, "classes": raw.classes, "mean": mean, "std": std,
-            "channels": int(raw.images.shape[1]), "image_size": int(raw.images.shape[2])}
+            "channels": int(raw.images.shape[1]), "image_size": image_size or stored}
+    if stored != meta["image_size"]:
+        meta["storage_size"] = stored
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     (out / "classes.json").write_text(json.dumps(raw.classes, indent=2) + "\n")
     return meta
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    tmp.replace(path)  # a kill mid-write never leaves a truncated array that the next stage trusts
 
 
 def load_prepared(path: Path, splits: tuple[str, ...] = ("train", "val")) -> Prepared:
@@ -290,7 +353,7 @@ def load_prepared(path: Path, splits: tuple[str, ...] = ("train", "val")) -> Pre
         raise DataError(f"no prepared data at '{path}'; run the prepare stage first (dvc repro prepare)")
     meta = json.loads(meta_path.read_text())
     loaded = {s: Split(np.load(path / f"{s}_x.npy", mmap_mode="r"), np.load(path / f"{s}_y.npy")) for s in splits}
-    return Prepared(loaded, meta["classes"], meta["mean"], meta["std"])
+    return Prepared(loaded, meta["classes"], meta["mean"], meta["std"], meta.get("image_size"))
 
 
 def summarize(raw: RawDataset, idx: dict[str, np.ndarray], meta: dict) -> dict:
@@ -301,6 +364,8 @@ def summarize(raw: RawDataset, idx: dict[str, np.ndarray], meta: dict) -> dict:
         "source": meta["source"],
         "num_classes": len(raw.classes),
         "image_size": meta["image_size"],
+        **({"storage_size": meta["storage_size"]} if "storage_size" in meta else {}),
+        **({"median_short_side": raw.median_short_side} if raw.median_short_side is not None else {}),
         "channels": meta["channels"],
         "counts": {s: int(len(idx[s])) for s in SPLITS},
         "per_class": per_class,

@@ -29,7 +29,7 @@ def head_predictions(net: nn.Module, data: Prepared, split: str, train_cfg: Trai
     """Predicted class per image for each head: cls, dist (distilled only) and avg (the inference rule)."""
     device = resolve_device(train_cfg.device)
     net.to(device)
-    z_c, z_d = predict(net, data.splits[split].x, Normalizer(data.mean, data.std, device), train_cfg.eval_batch_size, device)
+    z_c, z_d = predict(net, data.splits[split].x, Normalizer(data.mean, data.std, device, data.image_size), train_cfg.eval_batch_size, device)
     out = {"cls": z_c.argmax(1).numpy()}
     if z_d is not None:
         out["dist"] = z_d.argmax(1).numpy()
@@ -44,7 +44,7 @@ def throughput(net: nn.Module, data: Prepared, train_cfg: TrainConfig, repeats: 
     """Inference images per second on the test split (median of `repeats` passes after one warm-up)."""
     device = resolve_device(train_cfg.device)
     net.to(device)
-    normalizer = Normalizer(data.mean, data.std, device)
+    normalizer = Normalizer(data.mean, data.std, device, data.image_size)
     x = data.splits["test"].x
     predict(net, x[: train_cfg.eval_batch_size], normalizer, train_cfg.eval_batch_size, device)
     times = []
@@ -67,7 +67,7 @@ def token_cosine_by_layer(net: nn.Module, data: Prepared, split: str, train_cfg:
     captured: list[torch.Tensor] = []
     hooks = [net.pos_drop.register_forward_hook(lambda m, i, o: captured.append(o))]
     hooks += [b.register_forward_hook(lambda m, i, o: captured.append(o)) for b in net.blocks]
-    normalizer = Normalizer(data.mean, data.std, device)
+    normalizer = Normalizer(data.mean, data.std, device, data.image_size)
     x_all = data.splits[split].x
     sums = torch.zeros(len(net.blocks) + 1, dtype=torch.float64)
     try:
@@ -126,7 +126,7 @@ def evaluate_all(layout: Layout, arms: list[str], seeds: list[int], data: Prepar
         per_seed = {}
         per_seed_cosine = []
         for seed, path in entries:
-            net, _, _ = load_model(path)
+            net, _, _ = load_model(path, expect_classes=data.num_classes, expect_chans=data.channels)
             preds = head_predictions(net, data, "test", train_cfg)
             summary = model_summary(net, preds, labels)
             if name == "teacher":

@@ -23,6 +23,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from .augment import BatchAugment, Normalizer
+from .batches import batch_source
 from ..core.config import AugmentConfig, TrainConfig
 from ..data import Prepared
 from ..core.errors import TrainingError
@@ -101,10 +102,12 @@ def predict(net: nn.Module, x_uint8: np.ndarray | torch.Tensor, normalizer: Norm
             device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits of the class head and (distilled ViT only) the distillation head, on CPU, float32."""
     net.eval()
-    x_all = torch.from_numpy(np.array(x_uint8))  # copy: the memory map is read-only
     cls_out, dist_out = [], []
-    for start in range(0, len(x_all), batch_size):
-        x = normalizer(x_all[start:start + batch_size].to(device, non_blocking=True))
+    for start in range(0, len(x_uint8), batch_size):
+        # one batch at a time from the memory map: a split never has to fit in memory (copy: it is read-only)
+        chunk = x_uint8[start:start + batch_size]
+        chunk = chunk if isinstance(chunk, torch.Tensor) else torch.from_numpy(np.array(chunk))
+        x = normalizer(chunk.to(device, non_blocking=True))
         with _autocast(device):
             z_c, z_d = split_heads(net, x)
         cls_out.append(z_c.float().cpu())
@@ -127,7 +130,10 @@ def _val_metrics(net: nn.Module, data: Prepared, normalizer: Normalizer, batch_s
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    # numpy's state holds an ndarray, which torch.load(weights_only=True) refuses: store its keys as a tensor
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -135,7 +141,8 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -146,8 +153,8 @@ def checkpoint_fingerprint(path: Path) -> str | None:
     if not path.exists():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=False).get("fingerprint")
-    except (OSError, RuntimeError, EOFError, AttributeError):
+        return torch.load(path, map_location="cpu", weights_only=True).get("fingerprint")
+    except Exception:  # truncated, corrupt or foreign: not a checkpoint this run can resume from
         return None
 
 
@@ -198,11 +205,11 @@ def fit(net: nn.Module, data: Prepared, recipe: Recipe, *, teacher: nn.Module | 
         optimizer, sched="cosine", num_epochs=recipe.epochs, warmup_epochs=min(recipe.train.warmup_epochs, recipe.epochs - 1),
         min_lr=recipe.train.min_lr, warmup_lr=recipe.lr * 0.01, step_on_epochs=False, updates_per_epoch=steps_per_epoch,
     )
-    normalizer = Normalizer(data.mean, data.std, device)
+    normalizer = Normalizer(data.mean, data.std, device, data.image_size)
     augment = BatchAugment(recipe.augment, data.num_classes, recipe.train.label_smoothing, normalizer, device,
-                           recipe.mixing)
+                           recipe.mixing, data.storage_size)
     views = ViewStream(recipe.view_seed, n, batch_size, augment, device)
-    x_train = torch.from_numpy(np.array(train.x)).to(device)  # copy: the memory map is read-only
+    images = batch_source(train.x, device, recipe.train, desc)
     y_train = torch.as_tensor(train.y).to(device)
     if recipe.train.compile:
         net.compile()  # in place: the state dict keeps its keys, so checkpoints stay loadable uncompiled
@@ -210,17 +217,17 @@ def fit(net: nn.Module, data: Prepared, recipe: Recipe, *, teacher: nn.Module | 
     fingerprint = recipe.fingerprint(fingerprint_extra)
     history: list[dict[str, Any]] = []
     start_epoch = 0
-    if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
-        if state.get("fingerprint") == fingerprint:
-            net.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            _set_rng_state(state["rng"])
-            history = state["history"]
-            start_epoch = state["epoch"] + 1
-            if start_epoch < recipe.epochs:
-                print(f"{desc}: resuming from {checkpoint} at epoch {start_epoch + 1}/{recipe.epochs}")
+    # An absent, unreadable or foreign checkpoint has no matching fingerprint: the run starts afresh.
+    if checkpoint is not None and checkpoint_fingerprint(checkpoint) == fingerprint:
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        history = state["history"]
+        start_epoch = state["epoch"] + 1
+        if start_epoch < recipe.epochs:
+            print(f"{desc}: resuming from {checkpoint} at epoch {start_epoch + 1}/{recipe.epochs}")
 
     teacher_logits_of = None
     if loss_fn.needs_teacher:
@@ -237,7 +244,7 @@ def fit(net: nn.Module, data: Prepared, recipe: Recipe, *, teacher: nn.Module | 
         loss_sum = torch.zeros((), device=device)
         parts_sum: dict[str, torch.Tensor] = {}
         correct = torch.zeros((), device=device)
-        batches = views.epoch(epoch, x_train, y_train)
+        batches = views.epoch(epoch, images, y_train)
         # closing() ends the sync check even when a step raises (a suspended generator would keep it on)
         with contextlib.closing(_steps_without_sync(batches, device, forbid_host_sync)) as steps:
             for step, (x, target) in enumerate(steps):

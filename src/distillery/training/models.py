@@ -6,20 +6,23 @@ register two small CNNs in timm's registry: they are then chosen by name like an
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import pickle
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import timm
 import torch
 import torch.nn as nn
 from timm.models import register_model
 
-import difflib
-
 from ..core.config import Params
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, DistilleryError
 
 
 # ---------------------------------------------------------------- our small CNN teachers
@@ -124,38 +127,197 @@ def build_teacher(model: str, in_chans: int, num_classes: int, pretrained: bool 
     if pretrained is True:
         try:
             net = timm.create_model(model, pretrained=True, **spec.kwargs)
+        except DistilleryError:
+            raise
         except Exception as exc:  # network, missing weights, hub errors: all end the same way for the user
             raise ConfigError(
                 f"teacher.pretrained=true could not fetch timm weights for '{model}' "
-                f"({type(exc).__name__}: {exc}); it needs the internet, or give a local checkpoint path"
+                f"({type(exc).__name__}: {_one_line(exc)}); it needs the internet, or give a local checkpoint path"
             ) from None
         return net, spec
     net = spec.build(seed)
     if isinstance(pretrained, str):
-        load_partial_state(net, Path(pretrained))
+        load_partial_state(net, Path(pretrained).expanduser(), model=model)
     return net, spec
 
 
-def load_partial_state(net: nn.Module, path: Path) -> list[str]:
-    """Fine-tuning start: copy every tensor whose name and shape match; report the head that did not."""
+# ---------------------------------------------------------------- reading weight files safely
+_MAX_DETAIL = 160
+
+
+def _one_line(exc: BaseException | str) -> str:
+    """The first non-empty line of an error message, shortened: user errors here are one line."""
+    text = str(exc)
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "") or type(exc).__name__
+    line = re.sub(r"\s+", " ", line.replace("\x1b[1m", "").replace("\x1b[0m", ""))
+    if len(line) > _MAX_DETAIL and ". " in line:  # torch appends advice sentences: keep the first one
+        line = line[: line.index(". ")]
+    return line if len(line) <= _MAX_DETAIL else line[: _MAX_DETAIL - 3] + "..."
+
+
+def _label(path: Path, what: str | None) -> str:
+    return f"{what}='{path}'" if what else f"checkpoint '{path}'"
+
+
+_RESAVE = ("distillery loads weights only (tensors, numbers, strings), never pickled objects; "
+           "re-save it with torch.save(model.state_dict(), path) or as .safetensors")
+
+
+def read_weights(path: Path, what: str | None = None, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The dict stored in a weight file, read without running any code from it.
+
+    `.safetensors` files (or files that look like one) go through safetensors; everything else
+    through `torch.load(weights_only=True)`, which refuses any pickled Python object. Every
+    failure is a one-line ConfigError naming the file (and `what`, the params key, if given).
+    """
+    path = Path(path)
+    label = _label(path, what)
     if not path.exists():
-        raise ConfigError(f"teacher.pretrained='{path}' does not exist; allowed: false, true or a checkpoint path")
-    blob = torch.load(path, map_location="cpu", weights_only=False)
-    state = blob.get("state_dict", blob.get("model", blob)) if isinstance(blob, dict) else blob
-    if not isinstance(state, dict):
-        raise ConfigError(f"teacher.pretrained='{path}' holds no state dict")
+        raise ConfigError(f"{label} does not exist")
+    if path.is_dir():
+        raise ConfigError(f"{label} is a directory, not a checkpoint file")
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        raise ConfigError(f"{label} cannot be read ({_one_line(exc)})") from None
+    if size == 0:
+        raise ConfigError(f"{label} is empty (0 bytes); the download or save did not finish, write it again")
+    if path.suffix == ".safetensors" or head[8:9] == b"{":
+        blob = _read_safetensors(path, label, map_location)
+    else:
+        blob = _read_torch(path, label, head, map_location)
+    if not isinstance(blob, dict):
+        raise ConfigError(f"{label} holds a {type(blob).__name__}, not a dict of tensors (a state dict); "
+                          "save one with torch.save(model.state_dict(), path)")
+    return blob
+
+
+def _read_safetensors(path: Path, label: str, map_location: str | torch.device) -> dict[str, Any]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device=str(map_location))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        detail = _one_line(exc)
+        if any(s in detail for s in ("incomplete metadata", "not fully covered", "header too small")):
+            raise ConfigError(f"{label} is truncated or damaged ({detail}); download or save it again") from None
+        raise ConfigError(f"{label} is not a valid safetensors file ({detail})") from None
+
+
+def _read_torch(path: Path, label: str, head: bytes, map_location: str | torch.device) -> Any:
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*pickle protocol.*")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file; all mean "this file cannot be used"
+        text = str(exc)
+        blocked = re.search(r"GLOBAL ([\w.]+)", text)
+        if isinstance(exc, pickle.UnpicklingError) and blocked:
+            raise ConfigError(f"{label} holds pickled Python objects ({blocked.group(1)}); {_RESAVE}") from None
+        zipped = head.startswith(b"PK\x03\x04")
+        pickled = head[:1] == b"\x80"
+        if isinstance(exc, EOFError) or "unexpected EOF" in text or (zipped and isinstance(exc, (OSError, RuntimeError))):
+            detail = "" if isinstance(exc, pickle.UnpicklingError) else f" ({_one_line(exc)})"
+            raise ConfigError(f"{label} is truncated or damaged{detail}; download or save it again") from None
+        if isinstance(exc, pickle.UnpicklingError) or not (zipped or pickled):
+            raise ConfigError(f"{label} is not a PyTorch or safetensors checkpoint (corrupt or another format); "
+                              "expected a state dict saved with torch.save or a .safetensors file") from None
+        raise ConfigError(f"{label} cannot be loaded as weights ({type(exc).__name__}: {_one_line(exc)})") from None
+
+
+def _classifier_prefix(net: nn.Module) -> str | None:
+    get = getattr(net, "get_classifier", None)
+    head = get() if callable(get) else None
+    if isinstance(head, nn.Module):
+        for name, module in net.named_modules():
+            if module is head and name:
+                return name
+    cfg = getattr(net, "pretrained_cfg", None) or {}
+    return cfg.get("classifier") if isinstance(cfg.get("classifier"), str) else None
+
+
+def _first_conv_key(own: dict[str, torch.Tensor]) -> str | None:
+    return next((k for k, v in own.items() if k.endswith("weight") and v.ndim == 4), None)
+
+
+def load_partial_state(net: nn.Module, path: Path, model: str | None = None,
+                       what: str = "teacher.pretrained") -> list[str]:
+    """Fine-tuning start: copy every tensor whose name and shape match; report the tensors re-initialised.
+
+    Reads a plain state dict (.pth/.pt/.bin or .safetensors), {"state_dict": ...}, {"model": ...} or
+    one of our checkpoints; returns the names of the model's tensors that kept their fresh init.
+    """
+    path = Path(path)
+    label = _label(path, what)
+    if not path.exists():
+        raise ConfigError(f"{label} does not exist; allowed: false, true or a checkpoint path")
+    blob = read_weights(path, what)
+    if "spec" in blob and "state_dict" in blob:
+        spec = blob["spec"]
+        name = spec.get("name") if isinstance(spec, dict) else None
+        if model is not None and name != model:
+            raise ConfigError(f"{label} is a distillery checkpoint of '{name}', but teacher.model is '{model}'; "
+                              f"set teacher.model: {name} or give a checkpoint of '{model}'")
+        state = blob["state_dict"]
+    elif isinstance(blob.get("state_dict"), dict):
+        state = blob["state_dict"]
+    elif isinstance(blob.get("model"), dict):
+        state = blob["model"]
+    else:
+        state = blob
+    state = {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if not state:
+        raise ConfigError(f"{label} holds no tensors (keys: {', '.join(map(str, list(blob)[:6]))}); "
+                          "expected a state dict")
     own = net.state_dict()
+    arch = model or type(net).__name__
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    skipped = sorted(k for k in state if k not in matched)
-    if len(matched) < len(own) // 2:
+    if len(matched) < len(own) / 2:
         raise ConfigError(
-            f"teacher.pretrained='{path}' matches only {len(matched)} of {len(own)} tensors of the model; "
-            "is it a checkpoint of teacher.model?"
+            f"{label} does not fit model '{arch}': only {len(matched)} of its {len(own)} tensors match by name "
+            f"and shape; is it a checkpoint of another architecture?"
         )
     net.load_state_dict(matched, strict=False)
-    if skipped:
-        print(f"fine-tuning from {path}: re-initialised {len(skipped)} tensor(s) that differ: {', '.join(skipped[:6])}")
-    return skipped
+    reinit = sorted(k for k in own if k not in matched)
+    unused = [k for k in state if k not in own]
+    if reinit or unused:
+        print(_fine_tune_line(net, own, state, reinit, unused, path, arch))
+    return reinit
+
+
+def _fine_tune_line(net: nn.Module, own: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
+                    reinit: list[str], unused: list[str], path: Path, arch: str) -> str:
+    parts = []
+    rest = list(reinit)
+    prefix = _classifier_prefix(net)
+    head = [k for k in rest if prefix and k.startswith(prefix + ".")]
+    if head:
+        key = f"{prefix}.weight"
+        if key in state and key in own and state[key].ndim >= 1:
+            why = f"the file has {state[key].shape[0]} classes, the data {own[key].shape[0]}"
+        else:
+            why = "not in the file"
+        parts.append(f"classifier {', '.join(head)} ({why})")
+        rest = [k for k in rest if k not in head]
+    conv = _first_conv_key(own)
+    if conv in rest:
+        if conv in state and state[conv].ndim == 4 and state[conv].shape[1] != own[conv].shape[1]:
+            why = f"the file has {state[conv].shape[1]} input channels, the data {own[conv].shape[1]}"
+        else:
+            why = "shape differs" if conv in state else "not in the file"
+        parts.append(f"first conv {conv} ({why})")
+        rest.remove(conv)
+    if rest:
+        more = f" and {len(rest) - 6} more" if len(rest) > 6 else ""
+        parts.append(f"{len(rest)} other tensor(s) that differ or are missing: {', '.join(rest[:6])}{more}")
+    line = f"fine-tuning '{arch}' from {path}: "
+    line += f"re-initialised {'; '.join(parts)}" if parts else "all tensors loaded"
+    if unused:
+        line += f"; ignored {len(unused)} tensor(s) of the file that the model lacks"
+    return line
 
 
 def state_digest(net: nn.Module) -> str:
@@ -172,23 +334,62 @@ def count_params(net: nn.Module) -> int:
 
 
 # ---------------------------------------------------------------- checkpoints
+def _plain(value: Any) -> Any:
+    """Numpy scalars and arrays as Python values, so that the checkpoint loads with weights_only=True."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
 def save_model(path: Path, net: nn.Module, spec: ModelSpec, extra: dict[str, Any] | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    blob = {"spec": {"kind": spec.kind, "name": spec.name, "kwargs": spec.kwargs},
-            "state_dict": net.state_dict(), "extra": extra or {}}
+    blob = {"spec": {"kind": spec.kind, "name": spec.name, "kwargs": _plain(dict(spec.kwargs))},
+            "state_dict": net.state_dict(), "extra": _plain(extra or {})}
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(blob, tmp)
     tmp.replace(path)
 
 
-def load_model(path: Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
+def load_model(path: Path, map_location: str | torch.device = "cpu", *, expect_classes: int | None = None,
+               expect_chans: int | None = None) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
+    """Rebuild a model written by save_model; with expect_*, check it fits the prepared data."""
+    path = Path(path)
+    label = _label(path, None)
     if not path.exists():
-        raise ConfigError(f"model checkpoint '{path}' not found; run the stage that writes it first")
-    blob = torch.load(path, map_location=map_location, weights_only=False)
-    spec = ModelSpec(**blob["spec"])
+        raise ConfigError(f"{label} not found; run the stage that writes it first")
+    blob = read_weights(path, None, map_location)
+    raw_spec, state = blob.get("spec"), blob.get("state_dict")
+    if not isinstance(raw_spec, dict) or not isinstance(state, dict):
+        raise ConfigError(f"{label} is not a distillery model checkpoint (no 'spec' and 'state_dict'; "
+                          "it looks like a plain state dict); load_model reads files written by the pipeline stages")
+    try:
+        spec = ModelSpec(kind=str(raw_spec["kind"]), name=str(raw_spec["name"]), kwargs=dict(raw_spec["kwargs"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{label} has a damaged 'spec' ({type(exc).__name__}: {_one_line(exc)}); "
+                          "rerun the stage that writes it") from None
+    rerun = "rerun the teacher stage (dvc repro teacher)" if spec.kind == "teacher" else \
+        "rerun the stage that writes it (dvc repro)"
+    classes, chans = spec.kwargs.get("num_classes"), spec.kwargs.get("in_chans")
+    if expect_classes is not None and classes is not None and classes != expect_classes:
+        raise ConfigError(f"{label} was trained for {classes} classes but the prepared data has {expect_classes}; "
+                          f"{rerun}")
+    if expect_chans is not None and chans is not None and chans != expect_chans:
+        raise ConfigError(f"{label} was trained on {chans}-channel images but the prepared data has {expect_chans} "
+                          f"channel(s); {rerun}")
     net = spec.build()
-    net.load_state_dict(blob["state_dict"])
-    return net, spec, blob.get("extra", {})
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ConfigError(f"{label} does not match its own spec '{spec.name}' ({_one_line(exc)}); "
+                          f"it was written by other code, {rerun}") from None
+    extra = blob.get("extra", {})
+    return net, spec, extra if isinstance(extra, dict) else {}
 
 
 def split_heads(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

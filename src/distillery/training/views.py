@@ -14,9 +14,10 @@ inside `isolated_global_rng`, which seeds those for the step and restores the mo
 
 from __future__ import annotations
 
+import contextlib
 import random
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -66,27 +67,32 @@ class ViewStream:
         self.augment = augment
         self.device = device
 
-    def epoch(self, epoch: int, x: torch.Tensor, y: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int, images: Callable[[torch.Tensor, int, int], Iterator[torch.Tensor]],
+              y: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(augmented normalised batch, target distribution) for each step of `epoch` (0-based).
 
-        The epoch's draws are made and copied to the device here, before the first batch is asked for."""
+        `images(perm, steps, batch_size)` yields each step's uint8 images on the device (batches.py: from a
+        device copy or streamed); `y` holds every label on the device. The epoch's draws are made and
+        copied to the device here, before the first batch is asked for."""
         epoch_seed, seeds = step_seeds(self.view_seed, epoch, self.steps)
         gen = torch.Generator().manual_seed(epoch_seed)
         perm = torch.randperm(self.n, generator=gen)
         # Per-image draws for the whole epoch at once, moved to the device in one copy: a copy per step
         # would make the host wait for the GPU every step.
         draws = self.augment.draw(self.steps, self.batch_size, gen)
-        perm, draws = perm.to(self.device), {k: v.to(self.device) for k, v in draws.items()}
-        return self._batches(perm, draws, seeds, x, y)
+        draws = {k: v.to(self.device) for k, v in draws.items()}
+        return self._batches(perm, draws, seeds, images, y)
 
-    def _batches(self, perm: torch.Tensor, draws: dict[str, torch.Tensor], seeds: list[int], x: torch.Tensor,
+    def _batches(self, perm: torch.Tensor, draws: dict[str, torch.Tensor], seeds: list[int], images,
                  y: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for step in range(self.steps):
-            idx = perm[step * self.batch_size:(step + 1) * self.batch_size]
-            step_draws = {k: v[step] for k, v in draws.items()}
-            if self.augment.uses_global_rng:
-                with isolated_global_rng(seeds[step], self.device):
-                    batch = self.augment(x[idx], y[idx], step_draws)
-            else:
-                batch = self.augment(x[idx], y[idx], step_draws)
-            yield batch
+        perm_device = perm.to(self.device)
+        with contextlib.closing(images(perm, self.steps, self.batch_size)) as batches:
+            for step, x in enumerate(batches):
+                y_step = y[perm_device[step * self.batch_size:(step + 1) * self.batch_size]]
+                step_draws = {k: v[step] for k, v in draws.items()}
+                if self.augment.uses_global_rng:
+                    with isolated_global_rng(seeds[step], self.device):
+                        batch = self.augment(x, y_step, step_draws)
+                else:
+                    batch = self.augment(x, y_step, step_draws)
+                yield batch
