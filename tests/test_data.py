@@ -211,3 +211,48 @@ def test_unreachable_tf_flowers_url_is_a_clear_error(tmp_path):
 
     with pytest.raises(DataError, match="could not download"):
         load_source(DataConfig(source="tf_flowers", url=(tmp_path / "missing.tgz").as_uri()), tmp_path / "cache")
+
+
+def test_a_larger_storage_size_is_stored_and_the_training_size_is_kept(tmp_path):
+    from distillery.data import load_source
+    from distillery.data.synthetic import make_photo_folder
+
+    make_photo_folder(tmp_path / "photos", per_class=4, classes=2, seed=3)
+    cfg = DataConfig(source="folder", path=str(tmp_path / "photos"), image_size=16, storage_size=24)
+    raw = load_source(cfg, tmp_path)
+    assert raw.images.shape[1:] == (3, 24, 24)
+    assert 80 <= raw.median_short_side <= 360  # the generated photos' own size, before resizing
+    idx = stratified_split(raw.labels, 0.25, 0.25, seed=0)
+    meta = save_prepared(raw, idx, tmp_path / "prep", "folder", cfg.image_size)
+    assert meta["image_size"] == 16 and meta["storage_size"] == 24
+    prepared = load_prepared(tmp_path / "prep")
+    assert prepared.image_size == 16 and prepared.storage_size == 24
+    assert summarize(raw, idx, meta)["storage_size"] == 24
+
+
+def test_parallel_decoding_gives_the_sequential_result(tmp_path):
+    from distillery.data.datasets import _decode_all, _decode_one
+    from distillery.data.synthetic import make_photo_folder
+
+    make_photo_folder(tmp_path, per_class=40, classes=2, seed=4)  # 80 files: enough to use the pool
+    (tmp_path / "disc" / "broken.jpg").write_bytes(b"not a jpeg")
+    paths = sorted(tmp_path.rglob("*.*"))
+    pooled = _decode_all(paths, 12)
+    one_by_one = [_decode_one(p, 12) for p in paths]
+    assert [d for d, _ in pooled] == [d for d, _ in one_by_one]
+    for (_, a), (_, b) in zip(pooled, one_by_one):
+        if isinstance(a, str):
+            assert a == b and a.startswith("unreadable")
+        else:
+            assert np.array_equal(a[0], b[0]) and a[1] == b[1]
+    assert sum(isinstance(r, str) for _, r in pooled) == 1
+
+
+def test_a_tiny_size_for_big_photos_is_named_and_points_at_a_profile():
+    from distillery.data import size_advice
+
+    msg = size_advice(320, 16)
+    assert "data.image_size=16" in msg and "320 px" in msg and "photos-small" in msg and "\n" not in msg
+    assert size_advice(48, 16) is None  # the images are small themselves
+    assert size_advice(800, 64) is None  # 64 px is a sensible training size for photos on a CPU
+    assert size_advice(None, 16) is None  # built-in sources: nothing to compare with

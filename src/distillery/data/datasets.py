@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import shutil
 import tarfile
 import urllib.request
@@ -173,7 +174,8 @@ def _decode_one(path: Path, size: int) -> tuple[str, tuple[np.ndarray, int] | st
             gray = _is_grayscale_mode(im.mode)
             arr = np.asarray(_resize_center_crop(_to_mode(im, 1 if gray else 3), size), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        return digest, f"unreadable: {type(exc).__name__}: {exc}"[:200]
+        why = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc)).strip()  # no memory addresses in skipped.json
+        return digest, f"unreadable: {type(exc).__name__}: {why}"[:200]
     return digest, (arr, short_side)
 
 
