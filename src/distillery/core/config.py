@@ -95,6 +95,12 @@ class TrainConfig(_Section):
     device_cache_mb: float = Field(4096.0, ge=0.0)
     compile: bool = False
 
+    @field_validator("device_cache", mode="before")
+    @classmethod
+    def _on_off(cls, v: Any) -> Any:
+        # YAML 1.1 (PyYAML) reads a bare on/off as a boolean; DVC's YAML 1.2 reads it as a string
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
 
 class TeacherConfig(_Section):
     model: str = "distillery_cnn_small"

@@ -1,0 +1,109 @@
+"""The whole pipeline on a generated folder of mixed-size JPEGs at 64 px: streamed batches vs device copy.
+
+Run:  python benchmarks/bench_streaming.py [--per-class 100] [--classes 3] [--out /tmp/bench_streaming]
+It generates the photos once (distillery.data.synthetic), applies the photos-small profile (teacher
+from scratch: no internet here; a reduced budget so both runs fit in a session) to two copies of
+this project, one with train.device_cache: on and one with off, runs `dvc repro` in each, one after
+the other, and prints the wall time of each and the per-stage bodies with their ratios (off / on).
+It also checks the two runs' metrics and models are identical: the choice must not change a result.
+Compare only ratios from one run of this script: the machine's speed drifts between sessions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from stage_times import stage_seconds  # noqa: E402
+
+BUDGET = {  # photos-small's recipe, fewer trials, seeds and epochs (the views, model and size are the profile's)
+    "teacher.pretrained": False, "teacher.epochs": 10, "student.epochs": 15, "sweep.n_trials": 3,
+    "sweep.prune_from_epoch": 6, "final.seeds": [1, 2, 3],
+}
+
+
+def project_copy(dest: Path) -> Path:
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for rel in files:
+        if (ROOT / rel).is_file() and not rel.startswith(("reports/", "metrics/", "sweeps/")) and rel != "dvc.lock":
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dest / rel)
+    return dest
+
+
+def run(cmd: list[str], cwd: Path, env: dict, log: Path | None = None) -> float:
+    t0 = time.perf_counter()
+    with open(log or os.devnull, "w") as out:
+        proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode:
+        sys.exit(f"{' '.join(cmd)} failed in {cwd}" + (f"; see {log}" if log else ""))
+    return time.perf_counter() - t0
+
+
+def digest_outputs(repo: Path) -> dict[str, str]:
+    """sha1 of every metrics and model file except the ones holding wall times."""
+    out = {}
+    for path in sorted([*(repo / "metrics").rglob("*"), *(repo / "models").rglob("*.pt"), *(repo / "sweeps").rglob("*.json")]):
+        if path.is_file() and path.name not in ("throughput.json",) and "history" not in path.parts:
+            text = path.read_bytes()
+            if path.suffix == ".json":  # drop wall-time fields
+                blob = json.loads(text)
+                if isinstance(blob, dict):
+                    for key in ("machine", "seconds", "wall_seconds", "images_per_second"):
+                        blob.pop(key, None)
+                text = json.dumps(blob, sort_keys=True).encode()
+            out[str(path.relative_to(repo))] = hashlib.sha1(text).hexdigest()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--per-class", type=int, default=100)
+    ap.add_argument("--classes", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=Path("/tmp/bench_streaming"))
+    args = ap.parse_args()
+    from distillery.data.synthetic import make_photo_folder
+
+    shutil.rmtree(args.out, ignore_errors=True)
+    photos = make_photo_folder(args.out / "photos", per_class=args.per_class, classes=args.classes, seed=0)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "GIT_AUTHOR_NAME": "b",
+           "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@b"}
+    env.pop("DVC_ROOT", None)
+    walls, logs, digests = {}, {}, {}
+    for mode in ("on", "off"):
+        repo = project_copy(args.out / f"repo_{mode}")
+        sets = [f"{k}={json.dumps(v)}" for k, v in {**BUDGET, "data.path": str(photos), "train.device_cache": mode}.items()]
+        run([sys.executable, "-m", "distillery.core.profiles", "photos-small", *sets], repo, env)
+        for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "bench"]):
+            run(cmd, repo, env)
+        logs[mode] = args.out / f"repro_{mode}.log"
+        print(f"dvc repro with train.device_cache={mode} ... (log: {logs[mode]})", flush=True)
+        walls[mode] = run(["dvc", "repro"], repo, env, logs[mode])
+        digests[mode] = digest_outputs(repo)
+        print(f"  {walls[mode]:.1f} s", flush=True)
+    data = json.loads((args.out / "repo_on/metrics/data.json").read_text())
+    print(f"\n{data['counts']} images, {data['num_classes']} classes, stored {data.get('storage_size')} px, "
+          f"trained {data['image_size']} px (median short side of the photos: {data.get('median_short_side')} px)")
+    on, _ = stage_seconds(logs["on"])
+    off, _ = stage_seconds(logs["off"])
+    print(f"{'stage':20s} {'device s':>9s} {'stream s':>9s} {'stream/device':>14s}")
+    for stage in on:
+        print(f"{stage:20s} {on[stage]:9.1f} {off.get(stage, float('nan')):9.1f} {off.get(stage, float('nan')) / on[stage]:14.3f}")
+    print(f"{'dvc repro (wall)':20s} {walls['on']:9.1f} {walls['off']:9.1f} {walls['off'] / walls['on']:14.3f}")
+    same = digests["on"] == digests["off"]
+    differ = sorted(k for k in digests["on"] if digests["on"][k] != digests["off"].get(k))
+    print(f"metrics, sweeps and models identical in both runs: {same}" + ("" if same else f" (differ: {differ[:8]})"))
+
+
+if __name__ == "__main__":
+    main()
