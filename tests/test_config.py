@@ -58,6 +58,13 @@ BAD_VALUES = [
     ("student.model", "deit_tiny_patch16_224", "not a distilled variant"),
     ("student.baseline_model", "deit_tiny_distilled_patch16_224", "has a distillation token"),
     ("student.num_heads", 5, "not divisible by student.num_heads=5"),
+    ("data.storage_size", 8, "data.storage_size=8 is below data.image_size=16"),
+    ("augment.rrc_scale", [0.5, 0.2], "is not an area range"),
+    ("augment.rrc_scale", [0.0, 1.0], "is not an area range"),
+    ("augment.rrc_ratio", [1.5, 0.5], "is not an aspect-ratio range"),
+    ("augment.random_resized_crop", True, "random_resized_crop is on and augment.translate=2"),
+    ("train.device_cache", "maybe", "train.device_cache='maybe'"),
+    ("report.weak_teacher_ratio", 1.5, "report.weak_teacher_ratio=1.5"),
     ("sweep.pruner", "random", "sweep.pruner='random'"),
     ("sweep.n_trials", 0, "sweep.n_trials=0"),
     ("data.source", "folder", "data.path is required"),
@@ -139,3 +146,10 @@ def test_debug_switch_shows_the_traceback(tmp_path, capsys):
 def test_no_arm_at_all_is_refused():
     with pytest.raises(ConfigError, match="both empty"):
         parse_params({"arms": {"without_teacher": [], "with_teacher": []}})
+
+
+def test_a_bare_on_or_off_means_what_it_says():
+    """PyYAML reads `device_cache: off` as False (YAML 1.1); DVC's parser reads the string 'off'."""
+    assert parse_params(yaml.safe_load("train: {device_cache: off}")).train.device_cache == "off"
+    assert parse_params(yaml.safe_load("train: {device_cache: on}")).train.device_cache == "on"
+    assert parse_params({"train": {"device_cache": "auto"}}).train.device_cache == "auto"

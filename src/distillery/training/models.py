@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import pickle
-import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,7 @@ from timm.models import register_model
 
 from ..core.config import Params
 from ..core.errors import ConfigError, DistilleryError
+from .weight_files import file_label, one_line, read_weights
 
 
 # ---------------------------------------------------------------- our small CNN teachers
@@ -132,7 +130,7 @@ def build_teacher(model: str, in_chans: int, num_classes: int, pretrained: bool 
         except Exception as exc:  # network, missing weights, hub errors: all end the same way for the user
             raise ConfigError(
                 f"teacher.pretrained=true could not fetch timm weights for '{model}' "
-                f"({type(exc).__name__}: {_one_line(exc)}); it needs the internet, or give a local checkpoint path"
+                f"({type(exc).__name__}: {one_line(exc)}); it needs the internet, or give a local checkpoint path"
             ) from None
         return net, spec
     net = spec.build(seed)
@@ -141,93 +139,7 @@ def build_teacher(model: str, in_chans: int, num_classes: int, pretrained: bool 
     return net, spec
 
 
-# ---------------------------------------------------------------- reading weight files safely
-_MAX_DETAIL = 160
-
-
-def _one_line(exc: BaseException | str) -> str:
-    """The first non-empty line of an error message, shortened: user errors here are one line."""
-    text = str(exc)
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "") or type(exc).__name__
-    line = re.sub(r"\s+", " ", line.replace("\x1b[1m", "").replace("\x1b[0m", ""))
-    if len(line) > _MAX_DETAIL and ". " in line:  # torch appends advice sentences: keep the first one
-        line = line[: line.index(". ")]
-    return line if len(line) <= _MAX_DETAIL else line[: _MAX_DETAIL - 3] + "..."
-
-
-def _label(path: Path, what: str | None) -> str:
-    return f"{what}='{path}'" if what else f"checkpoint '{path}'"
-
-
-_RESAVE = ("distillery loads weights only (tensors, numbers, strings), never pickled objects; "
-           "re-save it with torch.save(model.state_dict(), path) or as .safetensors")
-
-
-def read_weights(path: Path, what: str | None = None, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The dict stored in a weight file, read without running any code from it.
-
-    `.safetensors` files (or files that look like one) go through safetensors; everything else
-    through `torch.load(weights_only=True)`, which refuses any pickled Python object. Every
-    failure is a one-line ConfigError naming the file (and `what`, the params key, if given).
-    """
-    path = Path(path)
-    label = _label(path, what)
-    if not path.exists():
-        raise ConfigError(f"{label} does not exist")
-    if path.is_dir():
-        raise ConfigError(f"{label} is a directory, not a checkpoint file")
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as fh:
-            head = fh.read(16)
-    except OSError as exc:
-        raise ConfigError(f"{label} cannot be read ({_one_line(exc)})") from None
-    if size == 0:
-        raise ConfigError(f"{label} is empty (0 bytes); the download or save did not finish, write it again")
-    if path.suffix == ".safetensors" or head[8:9] == b"{":
-        blob = _read_safetensors(path, label, map_location)
-    else:
-        blob = _read_torch(path, label, head, map_location)
-    if not isinstance(blob, dict):
-        raise ConfigError(f"{label} holds a {type(blob).__name__}, not a dict of tensors (a state dict); "
-                          "save one with torch.save(model.state_dict(), path)")
-    return blob
-
-
-def _read_safetensors(path: Path, label: str, map_location: str | torch.device) -> dict[str, Any]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device=str(map_location))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        detail = _one_line(exc)
-        if any(s in detail for s in ("incomplete metadata", "not fully covered", "header too small")):
-            raise ConfigError(f"{label} is truncated or damaged ({detail}); download or save it again") from None
-        raise ConfigError(f"{label} is not a valid safetensors file ({detail})") from None
-
-
-def _read_torch(path: Path, label: str, head: bytes, map_location: str | torch.device) -> Any:
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*pickle protocol.*")
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad file; all mean "this file cannot be used"
-        text = str(exc)
-        blocked = re.search(r"GLOBAL ([\w.]+)", text)
-        if isinstance(exc, pickle.UnpicklingError) and blocked:
-            raise ConfigError(f"{label} holds pickled Python objects ({blocked.group(1)}); {_RESAVE}") from None
-        zipped = head.startswith(b"PK\x03\x04")
-        pickled = head[:1] == b"\x80"
-        if isinstance(exc, EOFError) or "unexpected EOF" in text or (zipped and isinstance(exc, (OSError, RuntimeError))):
-            detail = "" if isinstance(exc, pickle.UnpicklingError) else f" ({_one_line(exc)})"
-            raise ConfigError(f"{label} is truncated or damaged{detail}; download or save it again") from None
-        if isinstance(exc, pickle.UnpicklingError) or not (zipped or pickled):
-            raise ConfigError(f"{label} is not a PyTorch or safetensors checkpoint (corrupt or another format); "
-                              "expected a state dict saved with torch.save or a .safetensors file") from None
-        raise ConfigError(f"{label} cannot be loaded as weights ({type(exc).__name__}: {_one_line(exc)})") from None
-
-
+# ---------------------------------------------------------------- fine-tuning starts
 def _classifier_prefix(net: nn.Module) -> str | None:
     get = getattr(net, "get_classifier", None)
     head = get() if callable(get) else None
@@ -251,7 +163,7 @@ def load_partial_state(net: nn.Module, path: Path, model: str | None = None,
     one of our checkpoints; returns the names of the model's tensors that kept their fresh init.
     """
     path = Path(path)
-    label = _label(path, what)
+    label = file_label(path, what)
     if not path.exists():
         raise ConfigError(f"{label} does not exist; allowed: false, true or a checkpoint path")
     blob = read_weights(path, what)
@@ -360,7 +272,7 @@ def load_model(path: Path, map_location: str | torch.device = "cpu", *, expect_c
                expect_chans: int | None = None) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
     """Rebuild a model written by save_model; with expect_*, check it fits the prepared data."""
     path = Path(path)
-    label = _label(path, None)
+    label = file_label(path, None)
     if not path.exists():
         raise ConfigError(f"{label} not found; run the stage that writes it first")
     blob = read_weights(path, None, map_location)
@@ -371,7 +283,7 @@ def load_model(path: Path, map_location: str | torch.device = "cpu", *, expect_c
     try:
         spec = ModelSpec(kind=str(raw_spec["kind"]), name=str(raw_spec["name"]), kwargs=dict(raw_spec["kwargs"]))
     except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"{label} has a damaged 'spec' ({type(exc).__name__}: {_one_line(exc)}); "
+        raise ConfigError(f"{label} has a damaged 'spec' ({type(exc).__name__}: {one_line(exc)}); "
                           "rerun the stage that writes it") from None
     rerun = "rerun the teacher stage (dvc repro teacher)" if spec.kind == "teacher" else \
         "rerun the stage that writes it (dvc repro)"
@@ -386,7 +298,7 @@ def load_model(path: Path, map_location: str | torch.device = "cpu", *, expect_c
     try:
         net.load_state_dict(state)
     except RuntimeError as exc:
-        raise ConfigError(f"{label} does not match its own spec '{spec.name}' ({_one_line(exc)}); "
+        raise ConfigError(f"{label} does not match its own spec '{spec.name}' ({one_line(exc)}); "
                           f"it was written by other code, {rerun}") from None
     extra = blob.get("extra", {})
     return net, spec, extra if isinstance(extra, dict) else {}
