@@ -19,7 +19,7 @@ repro: $(STAMP)
 
 # A whole recipe at once: make profile NAME=photos-small SET="data.path=/my/photos" (profiles/*.yaml)
 profile: $(STAMP)
-	$(BIN)/python -m distillery.core.profiles $(NAME) $(SET)
+	$(BIN)/python -m distillery.profiles $(NAME) $(SET)
 
 # pytest exits 5 when it collects no tests: treat that as a failure of the suite, not a pass.
 test: $(STAMP)

@@ -1,7 +1,7 @@
 """The whole pipeline on a generated folder of mixed-size JPEGs at 64 px: streamed batches vs device copy.
 
 Run:  python benchmarks/bench_streaming.py [--per-class 100] [--classes 3] [--out /tmp/bench_streaming]
-It generates the photos once (distillery.data.synthetic), applies the photos-small profile (teacher
+It generates the photos once (distillery.synthetic), applies the photos-small profile (teacher
 from scratch: no internet here; a reduced budget so both runs fit in a session) to two copies of
 this project, one with train.device_cache: on and one with off, runs `dvc repro` in each, one after
 the other, and prints the wall time of each and the per-stage bodies with their ratios (off / on).
@@ -72,7 +72,7 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench_streaming"))
     args = ap.parse_args()
-    from distillery.data.synthetic import make_photo_folder
+    from distillery.synthetic import make_photo_folder
 
     shutil.rmtree(args.out, ignore_errors=True)
     photos = make_photo_folder(args.out / "photos", per_class=args.per_class, classes=args.classes, seed=0)
@@ -83,7 +83,7 @@ def main() -> None:
     for mode in ("on", "off"):
         repo = project_copy(args.out / f"repo_{mode}")
         sets = [f"{k}={json.dumps(v)}" for k, v in {**BUDGET, "data.path": str(photos), "train.device_cache": mode}.items()]
-        run([sys.executable, "-m", "distillery.core.profiles", "photos-small", *sets], repo, env)
+        run([sys.executable, "-m", "distillery.profiles", "photos-small", *sets], repo, env)
         for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "bench"]):
             run(cmd, repo, env)
         logs[mode] = args.out / f"repro_{mode}.log"

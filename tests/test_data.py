@@ -215,7 +215,7 @@ def test_unreachable_tf_flowers_url_is_a_clear_error(tmp_path):
 
 def test_a_larger_storage_size_is_stored_and_the_training_size_is_kept(tmp_path):
     from distillery.data import load_source
-    from distillery.data.synthetic import make_photo_folder
+    from distillery.synthetic import make_photo_folder
 
     make_photo_folder(tmp_path / "photos", per_class=4, classes=2, seed=3)
     cfg = DataConfig(source="folder", path=str(tmp_path / "photos"), image_size=16, storage_size=24)
@@ -232,7 +232,7 @@ def test_a_larger_storage_size_is_stored_and_the_training_size_is_kept(tmp_path)
 
 def test_parallel_decoding_gives_the_sequential_result(tmp_path):
     from distillery.data.datasets import _decode_all, _decode_one
-    from distillery.data.synthetic import make_photo_folder
+    from distillery.synthetic import make_photo_folder
 
     make_photo_folder(tmp_path, per_class=40, classes=2, seed=4)  # 80 files: enough to use the pool
     (tmp_path / "disc" / "broken.jpg").write_bytes(b"not a jpeg")

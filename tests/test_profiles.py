@@ -10,7 +10,7 @@ from conftest import ROOT, copy_project, project_env, run_ok
 
 from distillery.core.config import Params, load_params
 from distillery.core.errors import ConfigError
-from distillery.core.profiles import apply_profile, available, parse_overrides, profile_values
+from distillery.profiles import apply_profile, available, parse_overrides, profile_values
 
 PROFILES = ("digits", "keras-flowers", "photos-small")
 
@@ -57,7 +57,7 @@ def test_a_bad_profile_or_override_is_one_line_and_leaves_params_alone(tmp_path)
     original = (ROOT / "params.yaml").read_text()
     params.write_text(original)
     for args in (["nope"], ["photos-small", "data.path=/x", "student.depthh=3"], ["digits", "student.depth"]):
-        proc = subprocess.run([sys.executable, "-m", "distillery.core.profiles", *args], cwd=tmp_path,
+        proc = subprocess.run([sys.executable, "-m", "distillery.profiles", *args], cwd=tmp_path,
                               capture_output=True, text=True, env={**project_env(), "DVC_ROOT": ""})
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
@@ -73,14 +73,14 @@ TINY = {"data.image_size": 32, "data.storage_size": 36, "student.depth": 2, "stu
 
 def shrunk_repro(tmp_path, name, overrides):
     """Apply the profile (plus the shrinking overrides) in a copy of the project and run `dvc repro`."""
-    from distillery.data.synthetic import make_photo_folder
+    from distillery.synthetic import make_photo_folder
 
     photos = make_photo_folder(tmp_path / "photos", per_class=10, classes=3, seed=5)
     dest = copy_project(tmp_path / "repo", {})
     env = project_env()
     sets = [f"{k}={json.dumps(v)}" for k, v in {**TINY, "data.source": "folder", "data.path": str(photos),
                                                  **overrides}.items()]
-    run_ok([sys.executable, "-m", "distillery.core.profiles", name, *sets], dest, env)
+    run_ok([sys.executable, "-m", "distillery.profiles", name, *sets], dest, env)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
         run_ok(cmd, dest, env)
     return dest, run_ok(["dvc", "repro"], dest, env)

@@ -1,4 +1,4 @@
-"""Profiles: a whole recipe set at once. `python -m distillery.core.profiles NAME [key=value ...]`.
+"""Profiles: a whole recipe set at once. `python -m distillery.profiles NAME [key=value ...]`.
 
 A profile (profiles/<name>.yaml) lists only what it changes from the schema's defaults. Applying it
 rewrites params.yaml in place: every key gets the default or the profile's value (so switching
@@ -17,9 +17,9 @@ from typing import Any
 
 import yaml
 
-from .config import Params, parse_params
-from .errors import ConfigError, DistilleryError
-from .paths import Layout
+from .core.config import Params, parse_params
+from .core.errors import ConfigError, DistilleryError
+from .core.paths import Layout
 
 
 def profiles_dir(home: Path) -> Path:
@@ -107,7 +107,7 @@ def apply_profile(params_path: Path, home: Path, name: str, overrides: dict[str,
 
 def main(argv: list[str] | None = None) -> int:
     layout = Layout.from_env()
-    parser = argparse.ArgumentParser(prog="python -m distillery.core.profiles",
+    parser = argparse.ArgumentParser(prog="python -m distillery.profiles",
                                      description="set params.yaml to a profile (profiles/<name>.yaml) plus overrides")
     parser.add_argument("name", help=f"one of: {', '.join(available(layout.root))}")
     parser.add_argument("overrides", nargs="*", help="key=value pairs applied after the profile (data.path=/my/photos)")
