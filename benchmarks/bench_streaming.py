@@ -51,18 +51,33 @@ def run(cmd: list[str], cwd: Path, env: dict, log: Path | None = None) -> float:
 
 
 def digest_outputs(repo: Path) -> dict[str, str]:
-    """sha1 of every metrics and model file except the ones holding wall times."""
+    """sha1 of every result: model tensors, sweeps, metrics and histories without wall times or names."""
+    import csv
+    import io
+
+    import torch
+
     out = {}
-    for path in sorted([*(repo / "metrics").rglob("*"), *(repo / "models").rglob("*.pt"), *(repo / "sweeps").rglob("*.json")]):
-        if path.is_file() and path.name not in ("throughput.json",) and "history" not in path.parts:
-            text = path.read_bytes()
-            if path.suffix == ".json":  # drop wall-time fields
-                blob = json.loads(text)
-                if isinstance(blob, dict):
-                    for key in ("machine", "seconds", "wall_seconds", "images_per_second"):
-                        blob.pop(key, None)
-                text = json.dumps(blob, sort_keys=True).encode()
-            out[str(path.relative_to(repo))] = hashlib.sha1(text).hexdigest()
+    for path in sorted(repo.glob("models/**/*.pt")):
+        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        h = hashlib.sha1()
+        for key, tensor in state.items():
+            h.update(key.encode() + tensor.numpy().tobytes())
+        out[str(path.relative_to(repo))] = h.hexdigest()
+    timing = {"machine", "epoch_seconds", "study_name", "images_per_second"}
+    for path in sorted([*(repo / "metrics").rglob("*"), *(repo / "sweeps").rglob("*")]):
+        if not path.is_file() or path.name in ("throughput.json", "study.db"):
+            continue
+        if path.suffix == ".json":
+            blob = json.loads(path.read_text())
+            blob = {k: v for k, v in blob.items() if k not in timing} if isinstance(blob, dict) else blob
+            text = json.dumps(blob, sort_keys=True)
+        elif path.suffix == ".csv":
+            rows = list(csv.DictReader(io.StringIO(path.read_text())))
+            text = json.dumps([{k: v for k, v in r.items() if k not in timing} for r in rows])
+        else:
+            text = path.read_text(errors="replace")
+        out[str(path.relative_to(repo))] = hashlib.sha1(text.encode()).hexdigest()
     return out
 
 
@@ -102,7 +117,7 @@ def main() -> None:
     print(f"{'dvc repro (wall)':20s} {walls['on']:9.1f} {walls['off']:9.1f} {walls['off'] / walls['on']:14.3f}")
     same = digests["on"] == digests["off"]
     differ = sorted(k for k in digests["on"] if digests["on"][k] != digests["off"].get(k))
-    print(f"metrics, sweeps and models identical in both runs: {same}" + ("" if same else f" (differ: {differ[:8]})"))
+    print(f"metrics, sweeps, histories and model tensors identical in both runs (wall times aside): {same}" + ("" if same else f" (differ: {differ[:8]})"))
 
 
 if __name__ == "__main__":

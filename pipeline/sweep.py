@@ -37,7 +37,7 @@ def body(ctx: StageContext) -> str:
         "arm": arm.name, "budget": {k: v for k, v in budget.items() if k != "n_trials"},
         "space": {k: v.model_dump() for k, v in search_space(p, arm.name).items()},
         "kl_reduction": p.distill.soft.kl_reduction if arm.name == "soft" else None,
-        "student": p.student.model_dump(), "train": p.train.model_dump(), "augment": p.augment.model_dump(),
+        "student": p.student.model_dump(), "train": p.train.identity(), "augment": p.augment.model_dump(),
         "teacher": state_digest(teacher) if teacher is not None else None, "data": data.fingerprint(),
     }
     out_dir = layout.sweep_dir(arm.name)

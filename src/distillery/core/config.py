@@ -95,6 +95,10 @@ class TrainConfig(_Section):
     device_cache_mb: float = Field(4096.0, ge=0.0)
     compile: bool = False
 
+    def identity(self) -> dict[str, Any]:
+        """What shapes a result: every field but where the training split is held (the same bytes either way)."""
+        return {k: v for k, v in self.model_dump().items() if k not in ("device_cache", "device_cache_mb")}
+
     @field_validator("device_cache", mode="before")
     @classmethod
     def _on_off(cls, v: Any) -> Any:

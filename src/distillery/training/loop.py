@@ -50,7 +50,8 @@ class Recipe:
     view_seed: int = 0  # batch order and every augmentation draw (views.py)
 
     def fingerprint(self, extra: dict[str, Any] | None = None) -> str:
-        blob = json.dumps({"recipe": _jsonable(asdict(self)), "extra": extra or {}}, sort_keys=True, default=str)
+        recipe = {**_jsonable(asdict(self)), "train": self.train.identity()}  # streamed or not: the same run
+        blob = json.dumps({"recipe": recipe, "extra": extra or {}}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -195,9 +196,13 @@ def fit(net: nn.Module, data: Prepared, recipe: Recipe, *, teacher: nn.Module | 
     if recipe.mixing > 0 and batch_size % 2:
         raise TrainingError(f"{desc}: batch of {batch_size} images is odd and Mixup/CutMix pairs images within a "
                             "batch; set an even train.batch_size")
-    steps_per_epoch = max(1, n // batch_size)  # drop the ragged last batch: mixup needs even batches
+    normalizer = Normalizer(data.mean, data.std, device, data.image_size)
+    augment = BatchAugment(recipe.augment, data.num_classes, recipe.train.label_smoothing, normalizer, device,
+                           recipe.mixing, data.storage_size)
+    views = ViewStream(recipe.view_seed, n, batch_size, augment, device)
+    steps_per_epoch = views.steps  # the ragged last batch is dropped: Mixup needs even batches
     # torch's fused Adam/AdamW kernel (CPU and CUDA): one kernel instead of a Python loop over parameters,
-    # 4x faster than the default on this CPU (benchmarks/bench_teacher_cache.py profiles the step).
+    # 4x faster than the default on this CPU (benchmarks/bench_optimizer.py).
     opt_kwargs = {"fused": True} if recipe.train.optimizer in ("adamw", "adam") else {}
     optimizer = create_optimizer_v2(net, opt=recipe.train.optimizer, lr=recipe.lr, weight_decay=recipe.weight_decay,
                                     **opt_kwargs)
@@ -205,10 +210,6 @@ def fit(net: nn.Module, data: Prepared, recipe: Recipe, *, teacher: nn.Module | 
         optimizer, sched="cosine", num_epochs=recipe.epochs, warmup_epochs=min(recipe.train.warmup_epochs, recipe.epochs - 1),
         min_lr=recipe.train.min_lr, warmup_lr=recipe.lr * 0.01, step_on_epochs=False, updates_per_epoch=steps_per_epoch,
     )
-    normalizer = Normalizer(data.mean, data.std, device, data.image_size)
-    augment = BatchAugment(recipe.augment, data.num_classes, recipe.train.label_smoothing, normalizer, device,
-                           recipe.mixing, data.storage_size)
-    views = ViewStream(recipe.view_seed, n, batch_size, augment, device)
     images = batch_source(train.x, device, recipe.train, desc)
     y_train = torch.as_tensor(train.y).to(device)
     if recipe.train.compile:
