@@ -6,6 +6,7 @@ distilled arms add λ (and τ). Run an extra worker on the same study with
 """
 
 import argparse
+from pathlib import Path
 
 import mlflow
 
@@ -18,11 +19,16 @@ from distillery.training.models import check_model_names, load_model, state_dige
 from distillery.training.plan import teacher_cache
 from distillery.training.tracking import base_tags, setup_tracking, start_run
 from distillery.tuning.objective import make_objective
-from distillery.tuning.studies import open_arm_study, param_importance, run_study, study_name
+from distillery.tuning.studies import (open_arm_study, param_importance, run_shared_study, run_study,
+                                      snapshot_study, study_name, summarize_study)
+from distillery.tuning.workers import run_workers
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arm", required=True, choices=list(ARMS), help="which arm to tune")
+    parser.add_argument("--worker", action="store_true",
+                        help="only run trials until the study is full (what sweep.workers starts; run it by hand on "
+                             "another host to join a study on a shared sweep.storage)")
 
 
 def body(ctx: StageContext) -> str:
@@ -42,16 +48,29 @@ def body(ctx: StageContext) -> str:
     }
     out_dir = layout.sweep_dir(arm.name)
     name = study_name(arm.name, fingerprint)
-    study = open_arm_study(out_dir / "study.db", name, budget)
+    study = open_arm_study(out_dir / "study.db", name, budget, p.sweep)
     tags = base_tags(layout, p, arm.stage("sweep"), arm=arm.name, model_kind="sweep_trial")
     objective = make_objective(p, arm.name, data, teacher, tags, teacher_cache(p, layout) if arm.uses_teacher else None)
 
     with start_run(f"sweep-{arm.name}", {**tags, "model_kind": "sweep"},
                    {"arm": arm.name, "budget": budget, "study_name": name}):
-        result = run_study(study, objective, budget["n_trials"], lock_path=out_dir / "study.lock")
+        if p.sweep.workers > 1 and not ctx.args.worker:
+            import torch
+
+            run_workers(p.sweep.workers, arm.name, Path(__file__).resolve(), ctx.args.params,
+                        torch.cuda.device_count(), out_dir / "workers")
+            result = summarize_study(study)
+        elif p.sweep.storage:
+            result = run_shared_study(study, objective, budget["n_trials"])
+        else:
+            result = run_study(study, objective, budget["n_trials"], lock_path=out_dir / "study.lock")
+        if ctx.args.worker:
+            return f"{arm.name} worker: the study holds {len(result.trials)} trials"
         if not result.best:
             raise TrainingError(f"sweep@{arm.name}: no trial completed; see the prune reasons in MLflow")
         mlflow.log_metrics({"best_objective": result.best["objective"], "n_trials": len(result.trials)})
+    if p.sweep.storage:  # a local SQLite copy of the shared study: DVC's output, and readable offline
+        snapshot_study(name, p.sweep.storage, out_dir / "study.db")
     best = Best(arm=arm.name, study_name=name, epochs=p.student.epochs, **result.best)
     best.save(layout.best(arm.name))
     write_json(out_dir / "importance.json", param_importance(study))

@@ -167,3 +167,19 @@ def test_two_sweep_workers_stop_at_exactly_the_cap(project):
     assert len({t.number for t in trials}) == 6
     owners = {t.user_attrs["worker"] for t in trials}
     assert len(owners) == 2  # both workers took part
+
+
+def test_sweep_workers_start_inside_the_stage_and_share_the_cap(project):
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["sweep"]["n_trials"], raw["sweep"]["workers"] = 4, 2
+    (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    try:
+        log = run_ok([sys.executable, "pipeline/sweep.py", "--arm", "control"], project)
+    finally:
+        raw["sweep"]["workers"] = 1
+        (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert "2 workers started" in log and "best trial" in log
+    trials = study_trials(project, "control")
+    assert len(trials) == 4 and len(finished(trials)) == 4  # one machine, file lock: exactly the cap
+    assert len({t.user_attrs["worker"] for t in trials}) == 2
+    assert len(list((project / "sweeps/control/workers").glob("worker-*.log"))) == 2

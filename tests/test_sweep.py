@@ -103,3 +103,16 @@ def test_pruning_waits_for_prune_from_epoch_when_it_is_later_than_warmup():
     assert first_prunable_epoch(warmup_epochs=2, epochs=20, prune_from_epoch=8) == 8
     assert first_prunable_epoch(warmup_epochs=9, epochs=20, prune_from_epoch=8) == 10
     assert first_prunable_epoch(warmup_epochs=5, epochs=3, prune_from_epoch=1) == 3  # warm-up capped at epochs - 1
+
+
+def test_an_unreachable_sweep_database_is_one_line(tmp_path):
+    from distillery.core.config import SweepConfig
+    from distillery.core.errors import TrainingError
+    from distillery.tuning.studies import make_storage
+
+    cfg = SweepConfig(storage="postgresql+psycopg://me:secret@127.0.0.1:1/optuna")
+    with pytest.raises(TrainingError) as info:
+        make_storage(tmp_path / "study.db", cfg)
+    msg = str(info.value)
+    assert "sweep.storage 'postgresql+psycopg://me:***@127.0.0.1:1/optuna' cannot be used" in msg
+    assert "secret" not in msg and "\n" not in msg

@@ -272,11 +272,24 @@ class ArmsConfig(_Section):
 
 class SweepConfig(_Section):
     n_trials: int = Field(5, ge=1)
+    storage: str | None = None
+    workers: int = Field(1, ge=1)
+    heartbeat_interval: int = Field(60, ge=1)
+    grace_period: int | None = Field(None, ge=1)
+    max_retry: int = Field(2, ge=0)
     pruner: Literal["successive_halving", "hyperband", "median", "none"] = "successive_halving"
     reduction_factor: int = Field(3, ge=2)
     prune_from_epoch: int = Field(12, ge=1)
     startup_trials: int = Field(2, ge=0)
     objective_epochs: int = Field(3, ge=1)
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("postgresql", "mysql", "sqlite:///")):
+            raise ValueError(f"'{v}' is not a database URL; allowed: null (sweeps/<arm>/study.db) or e.g. "
+                             "postgresql+psycopg://user:password@host:5432/optuna")
+        return v
 
 
 class FinalConfig(_Section):

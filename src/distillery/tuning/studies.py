@@ -1,7 +1,11 @@
 """Optuna mechanics: one study per arm, resumable, capped, through Optuna's public API only.
 
-The study lives in an SQLite file that DVC keeps between runs (`persist: true`), so a rerun
-continues where an interrupted one stopped. The study name carries a fingerprint of everything
+By default the study lives in an SQLite file that DVC keeps between runs (`persist: true`), so a
+rerun continues where an interrupted one stopped; workers on one machine take turns under a file
+lock and stop at exactly the cap. With `sweep.storage` set to a database URL (PostgreSQL), workers
+on any host share the study through Optuna's RDB storage: heartbeats mark a killed worker's trial
+failed after `sweep.grace_period`, RetryFailedTrialCallback retries it with the same settings (its
+reported epochs kept), and MaxTrialsCallback stops each worker at the cap. The study name carries a fingerprint of everything
 that makes trials comparable (search space, epochs, recipe, teacher, data): change any of them
 and a fresh study starts beside the old one instead of mixing incomparable trials.
 """
@@ -21,6 +25,7 @@ from typing import Any, Callable
 import optuna
 
 from ..core.config import ChoiceSpec, SearchSpec, SweepConfig
+from ..core.errors import TrainingError
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
@@ -50,24 +55,54 @@ def make_pruner(cfg: SweepConfig, warmup_epochs: int, epochs: int) -> optuna.pru
     return optuna.pruners.NopPruner()
 
 
+def shown_url(url: str) -> str:
+    """A storage URL for messages and logs: the password hidden."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1]
+
+
+def make_storage(storage_path: Path, sweep: SweepConfig | None = None) -> str | optuna.storages.BaseStorage:
+    """The arm's SQLite file, or the shared database of `sweep.storage` with heartbeats and retries."""
+    if sweep is None or sweep.storage is None:
+        storage_path.parent.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{storage_path}"
+    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
+    try:
+        return RDBStorage(sweep.storage, heartbeat_interval=sweep.heartbeat_interval,
+                          grace_period=sweep.grace_period or 2 * sweep.heartbeat_interval,
+                          failed_trial_callback=RetryFailedTrialCallback(max_retry=sweep.max_retry,
+                                                                         inherit_intermediate_values=True),
+                          engine_kwargs={"pool_pre_ping": True})
+    except Exception as exc:  # driver missing, server down, bad credentials: one line for the user
+        why = " ".join(str(exc).split())[:200]
+        raise TrainingError(f"sweep.storage '{shown_url(sweep.storage)}' cannot be used ({type(exc).__name__}: "
+                            f"{why}); start the database or fix the URL") from None
+
+
 def open_study(storage_path: Path, name: str, cfg: SweepConfig, seed: int, warmup_epochs: int,
-               epochs: int) -> optuna.Study:
-    storage_path.parent.mkdir(parents=True, exist_ok=True)
+               epochs: int, sweep: SweepConfig | None = None) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.startup_trials)
-    return optuna.create_study(study_name=name, storage=f"sqlite:///{storage_path}", sampler=sampler,
+    return optuna.create_study(study_name=name, storage=make_storage(storage_path, sweep), sampler=sampler,
                                pruner=make_pruner(cfg, warmup_epochs, epochs), direction="maximize",
                                load_if_exists=True)
 
 
-def open_arm_study(storage_path: Path, name: str, budget: dict[str, Any]) -> optuna.Study:
+def open_arm_study(storage_path: Path, name: str, budget: dict[str, Any],
+                   sweep: SweepConfig | None = None) -> optuna.Study:
     """The study of one arm, built from nothing but its budget (`core.arms.study_budget`): what the
-    equal-budget invariant compares is exactly what the pruner and sampler are made of."""
+    equal-budget invariant compares is exactly what the pruner and sampler are made of. `sweep`
+    says only where the study is stored (and how dead workers are detected), never what it searches."""
     cfg = SweepConfig(n_trials=budget["n_trials"], pruner=budget["pruner"], reduction_factor=budget["reduction_factor"],
                       prune_from_epoch=budget["prune_from_epoch"], startup_trials=budget["startup_trials"],
                       objective_epochs=budget["objective_epochs"])
     return open_study(storage_path, name, cfg, budget["sampler_seed"], budget["warmup_epochs"],
-                      budget["epochs_per_trial"])
+                      budget["epochs_per_trial"], sweep)
 
 
 def suggest(trial: optuna.Trial, name: str, spec: SearchSpec) -> float:
@@ -134,6 +169,24 @@ def heartbeat(trial: optuna.Trial) -> None:
     trial.set_user_attr("heartbeat", time.time())
 
 
+def run_shared_study(study: optuna.Study, objective: Callable[[optuna.Trial], float], n_trials: int) -> SweepResult:
+    """Run trials on a database study shared with workers anywhere, until it holds `n_trials` finished.
+
+    There is no lock across hosts: each worker checks the count before it starts and after each
+    trial (MaxTrialsCallback), so with W workers the study can end with up to W - 1 trials over the
+    cap (each started while the count was below it). A killed worker's trial stops sending
+    heartbeats; the next trial any worker starts fails it, and the retry callback queues it again."""
+    from optuna.study import MaxTrialsCallback
+
+    def tracked(trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", _worker_id())
+        return objective(trial)
+
+    if len(study.get_trials(deepcopy=False, states=FINISHED)) < n_trials:
+        study.optimize(tracked, callbacks=[MaxTrialsCallback(n_trials, states=FINISHED)], gc_after_trial=False)
+    return summarize_study(study)
+
+
 def run_study(study: optuna.Study, objective: Callable[[optuna.Trial], float], n_trials: int,
               lock_path: Path | None = None, stale_after_s: float = 1800.0) -> SweepResult:
     """Run trials until the study holds `n_trials` finished (completed or pruned) trials.
@@ -164,6 +217,15 @@ def run_study(study: optuna.Study, objective: Callable[[optuna.Trial], float], n
         else:
             study.tell(trial, value)
     return summarize_study(study)
+
+
+def snapshot_study(study_name: str, storage_url: str, path: Path) -> None:
+    """Copy a database study into a fresh SQLite file (atomically)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    optuna.copy_study(from_study_name=study_name, from_storage=storage_url, to_storage=f"sqlite:///{tmp}")
+    tmp.replace(path)
 
 
 def param_importance(study: optuna.Study) -> dict[str, float]:
