@@ -1,4 +1,5 @@
-"""Sweeps on a real PostgreSQL server (loopback only): shared study, heartbeats, retries, the cap."""
+"""The engines a group runs, for real, on loopback: PostgreSQL 15 for Optuna's studies and for an
+`mlflow server` backend store with a served artifact destination."""
 
 import signal
 import subprocess
@@ -8,7 +9,7 @@ import time
 import optuna
 import pytest
 from conftest import copy_project, project_env, run_ok
-from engines import postgres_missing, postgres_server
+from engines import mlflow_server, postgres_missing, postgres_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine,
               pytest.mark.skipif(postgres_missing() is not None, reason=str(postgres_missing()))]
@@ -17,9 +18,20 @@ CAP = 5
 
 
 @pytest.fixture(scope="module")
-def postgres():
-    with postgres_server() as url:
-        yield url
+def engines(tmp_path_factory):
+    """(Optuna storage URL, MLflow tracking URI, artifact folder): one PostgreSQL server holds both."""
+    tmp = tmp_path_factory.mktemp("engines")
+    with postgres_server(("optuna", "mlflow")) as pg:
+        with mlflow_server(pg + "mlflow", tmp / "artifacts", tmp / "mlflow-server.log") as uri:
+            yield pg + "optuna", uri, tmp / "artifacts"
+
+
+def runs_on(uri, **filters):
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    where = " and ".join(f"tags.{k} = '{v}'" for k, v in filters.items())
+    return mlflow.search_runs(experiment_names=["distillery"], filter_string=where)
 
 
 def worker(project, arm):
@@ -31,10 +43,12 @@ def worker(project, arm):
     return proc
 
 
-def test_two_workers_on_postgres_one_killed_mid_trial(postgres, tmp_path):
+def test_two_workers_on_postgres_one_killed_mid_trial(engines, tmp_path):
+    postgres, tracking, artifacts = engines
     project = copy_project(tmp_path / "proj", {
         "student.epochs": 8, "sweep.n_trials": CAP, "sweep.pruner": "none", "sweep.startup_trials": 1,
-        "sweep.storage": postgres, "sweep.heartbeat_interval": 1, "sweep.grace_period": 2, "final.seeds": [1]})
+        "sweep.storage": postgres, "sweep.heartbeat_interval": 1, "sweep.grace_period": 2, "final.seeds": [1],
+        "tracking.uri": tracking})
     run_ok([sys.executable, "pipeline/prepare.py"], project)
     first, second = worker(project, "none"), worker(project, "none")
     storage = optuna.storages.RDBStorage(postgres)
@@ -70,11 +84,60 @@ def test_two_workers_on_postgres_one_killed_mid_trial(postgres, tmp_path):
     assert CAP <= len(finished) <= CAP + 1  # two workers: at most one over (README, Scaling out)
     assert "best trial" in log
 
+    runs = runs_on(tracking, model_kind="sweep_trial", params_hash=_hash(project))
+    logged = {int(n) for n in runs["tags.trial_number"]}
+    assert {t.number for t in finished} <= logged  # every finished trial has its MLflow run, on the server
+    assert not (project / "mlflow.db").exists()  # nothing went to the local default
+
+    run_ok([sys.executable, "pipeline/final.py", "--arm", "none"], project)  # a final run's artifacts: to the server
     import mlflow
 
-    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
-    runs = mlflow.search_runs(experiment_names=["distillery"], filter_string="tags.model_kind = 'sweep_trial'")
-    logged = {int(n) for n in runs["tags.trial_number"]}
-    assert {t.number for t in finished} <= logged  # every finished trial has its MLflow run
+    final = runs_on(tracking, dvc_stage="final@none", params_hash=_hash(project))
+    assert len(final) == 1
+    listed = {a.path for a in mlflow.MlflowClient(tracking).list_artifacts(final["run_id"][0], "model")}
+    assert listed == {"model/seed_1.pt"} and (artifacts / "").exists()
     snapshot = optuna.load_study(study_name=study.study_name, storage=f"sqlite:///{project / 'sweeps/none/study.db'}")
     assert len(snapshot.trials) == len(trials)  # DVC's output: a local copy of the shared study
+
+
+def _hash(project):
+    from distillery.core.config import load_params
+    from distillery.training.tracking import params_hash
+
+    return params_hash(load_params(project / "params.yaml"))
+
+
+LOGGER = """
+import sys, pathlib
+from distillery.core.config import TrackingConfig
+from distillery.core.paths import Layout
+from distillery.training.tracking import setup_tracking, start_run
+import mlflow
+setup_tracking(TrackingConfig(uri=sys.argv[1]), Layout(pathlib.Path(sys.argv[2])))
+for i in range(3):
+    with start_run(f"worker{sys.argv[3]}-run{i}", {"engine_test": sys.argv[3]}, {"i": i}):
+        path = pathlib.Path(sys.argv[2]) / f"w{sys.argv[3]}-{i}.txt"
+        path.write_text(f"worker {sys.argv[3]} run {i}")
+        mlflow.log_metric("value", i)
+        mlflow.log_artifact(str(path), artifact_path="notes")
+"""
+
+
+def test_concurrent_processes_log_runs_and_artifacts_to_one_server(engines, tmp_path):
+    _, tracking, _ = engines
+    (tmp_path / "params.yaml").write_text("{}")
+    procs = [subprocess.Popen([sys.executable, "-c", LOGGER, tracking, str(tmp_path), str(w)], env=project_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for w in range(3)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking)
+    runs = runs_on(tracking)
+    mine = runs[runs["tags.engine_test"].notna()] if "tags.engine_test" in runs else runs.iloc[0:0]
+    assert len(mine) == 9 and set(mine["tags.mlflow.runName"]) == {f"worker{w}-run{i}" for w in range(3) for i in range(3)}
+    for run_id, name in zip(mine["run_id"], mine["tags.mlflow.runName"]):
+        (artifact,) = client.list_artifacts(run_id, "notes")
+        local = client.download_artifacts(run_id, artifact.path, str(tmp_path / run_id))
+        w, i = name[len("worker"):].split("-run")
+        assert open(local).read() == f"worker {w} run {i}"
