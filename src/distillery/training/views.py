@@ -59,10 +59,13 @@ def isolated_global_rng(seed: int, device: torch.device) -> Iterator[None]:
 class ViewStream:
     """The batches of one run, epoch by epoch, as a pure function of (view seed, epoch, step)."""
 
-    def __init__(self, view_seed: int, n: int, batch_size: int, augment: BatchAugment, device: torch.device):
+    def __init__(self, view_seed: int, n: int, batch_size: int, augment: BatchAugment, device: torch.device,
+                 part: slice | None = None):
+        """`part`: the positions of each global batch this process trains on (distributed.py); None: all."""
         self.view_seed = view_seed
         self.n = n
         self.batch_size = batch_size
+        self.part = part
         self.steps = max(1, n // batch_size)  # the ragged last batch is dropped: Mixup needs even batches
         self.augment = augment
         self.device = device
@@ -80,15 +83,21 @@ class ViewStream:
         # Per-image draws for the whole epoch at once, moved to the device in one copy: a copy per step
         # would make the host wait for the GPU every step.
         draws = self.augment.draw(self.steps, self.batch_size, gen)
+        if self.part is not None and (self.part.start, self.part.stop) != (0, self.batch_size):
+            # this rank's positions of every global batch: the same images and draws a single process uses there
+            rows = perm[: self.steps * self.batch_size].view(self.steps, self.batch_size)[:, self.part]
+            perm = rows.reshape(-1)
+            draws = {k: v[:, self.part] for k, v in draws.items()}
         draws = {k: v.to(self.device) for k, v in draws.items()}
         return self._batches(perm, draws, seeds, images, y)
 
     def _batches(self, perm: torch.Tensor, draws: dict[str, torch.Tensor], seeds: list[int], images,
                  y: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         perm_device = perm.to(self.device)
-        with contextlib.closing(images(perm, self.steps, self.batch_size)) as batches:
+        size = self.batch_size if self.part is None else self.part.stop - self.part.start
+        with contextlib.closing(images(perm, self.steps, size)) as batches:
             for step, x in enumerate(batches):
-                y_step = y[perm_device[step * self.batch_size:(step + 1) * self.batch_size]]
+                y_step = y[perm_device[step * size:(step + 1) * size]]
                 step_draws = {k: v[step] for k, v in draws.items()}
                 if self.augment.uses_global_rng:
                     with isolated_global_rng(seeds[step], self.device):
