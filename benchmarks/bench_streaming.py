@@ -23,22 +23,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import copy_project, project_env  # noqa: E402  (the tests' copy of the project, and its env)
 from stage_times import stage_seconds  # noqa: E402
 
 BUDGET = {  # photos-small's recipe, fewer trials, seeds and epochs (the views, model and size are the profile's)
     "teacher.pretrained": False, "teacher.epochs": 10, "student.epochs": 15, "sweep.n_trials": 3,
     "sweep.prune_from_epoch": 6, "final.seeds": [1, 2, 3],
 }
-
-
-def project_copy(dest: Path) -> Path:
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
-    for rel in files:
-        if (ROOT / rel).is_file() and not rel.startswith(("reports/", "metrics/", "sweeps/")) and rel != "dvc.lock":
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, dest / rel)
-    return dest
 
 
 def run(cmd: list[str], cwd: Path, env: dict, log: Path | None = None) -> float:
@@ -91,12 +83,10 @@ def main() -> None:
 
     shutil.rmtree(args.out, ignore_errors=True)
     photos = make_photo_folder(args.out / "photos", per_class=args.per_class, classes=args.classes, seed=0)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "GIT_AUTHOR_NAME": "b",
-           "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@b"}
-    env.pop("DVC_ROOT", None)
+    env = project_env()
     walls, logs, digests = {}, {}, {}
     for mode in ("on", "off"):
-        repo = project_copy(args.out / f"repo_{mode}")
+        repo = copy_project(args.out / f"repo_{mode}", {})
         sets = [f"{k}={json.dumps(v)}" for k, v in {**BUDGET, "data.path": str(photos), "train.device_cache": mode}.items()]
         run([sys.executable, "-m", "distillery.profiles", "photos-small", *sets], repo, env)
         for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "bench"]):
