@@ -44,3 +44,27 @@ def test_unusable_tracking_uri_names_the_setting(uri, expected):
 
 def test_flatten_nested_params():
     assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
+
+
+def test_system_metrics_are_sampled_into_each_run_when_on(tmp_path):
+    """MLflow's own monitor, switched on by tracking.system_metrics: a run that lasts a few samples has them."""
+    import time
+
+    import mlflow
+
+    from distillery.training.tracking import setup_tracking, start_run, system_metrics_on
+
+    assert system_metrics_on(TrackingConfig(system_metrics=False)) is False
+    cfg = TrackingConfig(system_metrics=True, system_metrics_interval=0.5)
+    try:
+        setup_tracking(cfg, Layout(tmp_path))
+        with start_run("busy", {}) as run:
+            time.sleep(2.0)
+        keys = set(mlflow.get_run(run.info.run_id).data.metrics)
+        assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= keys, keys
+        setup_tracking(TrackingConfig(system_metrics=False), Layout(tmp_path))
+        with start_run("quiet", {}) as run:
+            time.sleep(1.0)
+        assert not any(k.startswith("system/") for k in mlflow.get_run(run.info.run_id).data.metrics)
+    finally:
+        mlflow.disable_system_metrics_logging()

@@ -318,6 +318,10 @@ class ReportConfig(_Section):
 class TrackingConfig(_Section):
     uri: str | None = None
     experiment: str = "distillery"
+    # MLflow's system metrics (CPU, memory, and per GPU its utilisation and memory) on every run;
+    # auto: on where a CUDA device is visible, where utilisation says whether the GPU is starved.
+    system_metrics: Literal["auto"] | bool = "auto"
+    system_metrics_interval: float = Field(10.0, gt=0)
 
 
 class Params(_Section):

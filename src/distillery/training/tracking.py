@@ -44,6 +44,14 @@ def _check_reachable(uri: str) -> None:
         raise TrackingError(f"tracking.uri='{uri}': MLflow 3 no longer supports the file store; {hint}")
 
 
+def system_metrics_on(cfg: TrackingConfig) -> bool:
+    if cfg.system_metrics == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return bool(cfg.system_metrics)
+
+
 def setup_tracking(cfg: TrackingConfig, layout: Layout) -> str:
     """Point MLflow at the configured store, creating the database once (under a lock)."""
     import mlflow
@@ -55,6 +63,12 @@ def setup_tracking(cfg: TrackingConfig, layout: Layout) -> str:
     uri = tracking_uri(cfg, layout)
     _check_reachable(uri)
     mlflow.set_tracking_uri(uri)
+    if system_metrics_on(cfg):
+        # MLflow's own monitor: a thread per active run samples psutil and (through pynvml) every GPU
+        mlflow.set_system_metrics_sampling_interval(cfg.system_metrics_interval)
+        mlflow.enable_system_metrics_logging()
+    else:
+        mlflow.disable_system_metrics_logging()
     lock = layout.home / ".mlflow.lock"
     try:
         with FileLock(str(lock), timeout=600):
