@@ -25,6 +25,7 @@ import json
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +106,18 @@ def reference_epochs(net, teacher, data: Prepared, epochs: int, batch: int, devi
     return out
 
 
+def host_syncs(net, data: Prepared, recipe, teacher, device: torch.device) -> str:
+    """'none', or where the first step that made the host wait for the GPU did so."""
+    if device.type != "cuda":
+        return "not checked (CPU)"
+    try:
+        fit(net, data, recipe, teacher=teacher, progress=False, desc="sync check", forbid_host_sync=True)
+        return "none"
+    except RuntimeError as exc:  # the sync debug mode's error; the frames say which call synchronised
+        frames = [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in traceback.extract_tb(exc.__traceback__)]
+        return f"{str(exc).splitlines()[0][:120]} at " + " <- ".join(reversed(frames[-4:]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=5120)
@@ -134,17 +147,19 @@ def main() -> None:
         ref = reference_epochs(plan.spec.build(0), t, data, args.epochs, batch, device)
         hist = fit(plan.spec.build(0), data, plan.recipe, teacher=t, progress=False, desc=arm)
         ours = [(len(data.splits["train"].y) // batch) * batch / h["epoch_seconds"] for h in hist]
-        try:
-            one = dataclasses.replace(plan.recipe, epochs=1)
-            fit(plan.spec.build(0), data, one, teacher=t, progress=False, desc=arm, forbid_host_sync=True)
-            syncs = "none" if device.type == "cuda" else "not checked (CPU)"
-        except Exception as exc:  # the sync debug mode raises RuntimeError naming the synchronising call
-            syncs = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        syncs = host_syncs(plan.spec.build(0), data, dataclasses.replace(plan.recipe, epochs=1), t, device)
         r, o = statistics.median(ref[1:] or ref), statistics.median(ours[1:] or ours)
         results[arm] = {"reference_images_per_s": r, "ours_images_per_s": o, "ratio": o / r, "host_syncs": syncs,
                         "reference_epochs": ref, "ours_epochs": ours}
         print(f"{arm:8s} reference {r:9.0f} img/s   ours {o:9.0f} img/s   ours/reference {o / r:5.3f}   "
               f"host syncs in steps: {syncs}", flush=True)
+    # The DeiT recipe's batch-level views (random resized crop, Mixup/CutMix, random erasing) on the same check.
+    plan = arm_run(params, "none", data, {**HPARAMS, "mixing": 0.8}, 0, "bench-views")
+    recipe = dataclasses.replace(plan.recipe, epochs=1, augment=plan.recipe.augment.model_copy(
+        update={"random_resized_crop": True, "translate": 0, "random_erasing": 0.25}))
+    syncs = host_syncs(plan.spec.build(0), data, recipe, None, device)
+    results["none+rrc+mixup+erasing"] = {"host_syncs": syncs}
+    print(f"none with random resized crop, Mixup/CutMix 0.8 and random erasing 0.25: host syncs in steps: {syncs}")
     if args.json:
         args.json.write_text(json.dumps({"device": str(device), "torch": torch.__version__, **results}, indent=2))
 

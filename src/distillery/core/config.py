@@ -321,7 +321,7 @@ class TrackingConfig(_Section):
     # MLflow's system metrics (CPU, memory, and per GPU its utilisation and memory) on every run;
     # auto: on where a CUDA device is visible, where utilisation says whether the GPU is starved.
     system_metrics: Literal["auto"] | bool = "auto"
-    system_metrics_interval: float = Field(10.0, gt=0)
+    system_metrics_interval: float = Field(2.0, gt=0)
 
 
 class Params(_Section):

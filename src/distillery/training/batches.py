@@ -19,6 +19,14 @@ import torch
 from ..core.config import TrainConfig
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device` without making the host wait: on CUDA a pageable copy synchronises
+    (CUDA's sync debug mode flags it), a copy from pinned pages does not."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)  # torch keeps the pinned block until the copy ends
+
+
 class DeviceBatches:
     """The whole split on the device; a batch is one index operation."""
 
@@ -29,7 +37,7 @@ class DeviceBatches:
         self.device = device
 
     def __call__(self, perm: torch.Tensor, steps: int, batch_size: int) -> Iterator[torch.Tensor]:
-        perm = perm.to(self.device)
+        perm = to_device(perm, self.device)
         for step in range(steps):
             yield self.x[perm[step * batch_size:(step + 1) * batch_size]]
 

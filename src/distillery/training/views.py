@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .augment import BatchAugment
+from .batches import to_device
 
 _VIEW_TAG = 0x5649_4557  # "VIEW": keeps view seeds apart from any other use of the same integers
 
@@ -88,12 +89,12 @@ class ViewStream:
             rows = perm[: self.steps * self.batch_size].view(self.steps, self.batch_size)[:, self.part]
             perm = rows.reshape(-1)
             draws = {k: v[:, self.part] for k, v in draws.items()}
-        draws = {k: v.to(self.device) for k, v in draws.items()}
+        draws = {k: to_device(v, self.device) for k, v in draws.items()}
         return self._batches(perm, draws, seeds, images, y)
 
     def _batches(self, perm: torch.Tensor, draws: dict[str, torch.Tensor], seeds: list[int], images,
                  y: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        perm_device = perm.to(self.device)
+        perm_device = to_device(perm, self.device)
         size = self.batch_size if self.part is None else self.part.stop - self.part.start
         with contextlib.closing(images(perm, self.steps, size)) as batches:
             for step, x in enumerate(batches):
