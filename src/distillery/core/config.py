@@ -294,6 +294,9 @@ class SweepConfig(_Section):
 
 class FinalConfig(_Section):
     seeds: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5], min_length=1)
+    # Processes per final run: > 1 launches the stage under torchrun (DDP, one GPU each, or gloo on CPU).
+    # Here, not under train, so that changing it reruns only the final stages.
+    nproc: int = Field(1, ge=1)
 
     @field_validator("seeds")
     @classmethod
@@ -365,6 +368,9 @@ class Params(_Section):
             raise ValueError(f"sweep.prune_from_epoch={self.sweep.prune_from_epoch} is after the last epoch "
                              f"(student.epochs={self.student.epochs}), so nothing would be pruned; allowed: at most "
                              "student.epochs, or sweep.pruner: none")
+        if self.train.batch_size % self.final.nproc:
+            raise ValueError(f"train.batch_size={self.train.batch_size} cannot be split evenly over final.nproc="
+                             f"{self.final.nproc} processes; allowed: a batch size that is a multiple of final.nproc")
         if self.sweep.objective_epochs > self.student.epochs:
             raise ValueError(f"sweep.objective_epochs={self.sweep.objective_epochs} exceeds student.epochs="
                              f"{self.student.epochs}; allowed: at most student.epochs")

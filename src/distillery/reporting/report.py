@@ -75,7 +75,8 @@ def _machines(inputs: ReportInputs) -> list[str]:
               inputs.throughput.get("machine")]:
         if m:
             text = (f"{m['cpu']} ({m['cpu_count']} logical CPUs), {m.get('gpu') or 'no GPU'}, torch {m['torch']} "
-                    f"with {m['torch_threads']} threads, Python {m['python']}, {m['os']}")
+                    f"with {m['torch_threads']} threads, Python {m['python']}, {m['os']}"
+                    + (f", {m['processes']} processes per run (DDP)" if m.get("processes", 1) > 1 else ""))
             if text not in seen:
                 seen.append(text)
     return seen

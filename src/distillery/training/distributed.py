@@ -60,3 +60,11 @@ def barrier(ranks: Ranks) -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+def shutdown() -> None:
+    """End the process group (if one was started) so a stage exits without torch's warning."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

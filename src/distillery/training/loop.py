@@ -13,6 +13,7 @@ import json
 import math
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -182,6 +183,9 @@ def fit(net: nn.Module, data: Prepared, recipe: Recipe, *, teacher: nn.Module | 
     ranks = ranks or Ranks.from_env()
     device = resolve_device(recipe.train.device)
     if device.type == "cuda" and ranks.world > 1:
+        if ranks.local_rank >= torch.cuda.device_count():
+            raise TrainingError(f"{desc}: process {ranks.local_rank + 1} on this host has no GPU of its own "
+                                f"({torch.cuda.device_count()} visible); set final.nproc to at most the GPU count")
         device = torch.device("cuda", ranks.local_rank)
         torch.cuda.set_device(device)
     init_distributed(ranks, device)
@@ -248,6 +252,9 @@ def fit(net: nn.Module, data: Prepared, recipe: Recipe, *, teacher: nn.Module | 
     if ranks.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
+        # A one-channel patch embedding has a size-1 dimension whose stride autograd and DDP's buckets
+        # record differently: the same memory, so torch's "may impair performance" warning is noise.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     if loss_fn.needs_teacher:
         key = stream_key(state_digest(teacher), data.fingerprint(), recipe.augment, recipe.mixing, batch_size,

@@ -17,6 +17,7 @@ from ..data import Prepared
 from .models import ModelSpec, count_params, save_model, state_digest
 from .tracking import EpochLogger, start_run
 from .loop import EpochCallback, Recipe, checkpoint_fingerprint, fit
+from .distributed import Ranks
 from .teacher_cache import TeacherCache
 
 
@@ -30,13 +31,20 @@ class TrainedModel:
 def tracked_fit(*, name: str, net: nn.Module, spec: ModelSpec, data: Prepared, recipe: Recipe, tags: dict[str, str],
                 log_params: dict[str, Any], model_path: Path, history_path: Path, checkpoint: Path,
                 teacher: nn.Module | None = None, extra_callbacks: list[EpochCallback] = (),
-                teacher_cache: TeacherCache | None = None) -> TrainedModel:
-    """Train one model inside its own MLflow run; resume both the training and the run after a kill."""
+                teacher_cache: TeacherCache | None = None, ranks: Ranks | None = None) -> TrainedModel:
+    """Train one model inside its own MLflow run; resume both the training and the run after a kill.
+
+    Under torchrun every rank trains; only rank 0 logs, saves and cleans up (the others return run_id "")."""
     import mlflow
 
+    ranks = ranks or Ranks.from_env()
     run_file = checkpoint.with_suffix(".mlflow_run")
     fingerprint_extra = {"model": spec.name, "kwargs": spec.kwargs, "data": data.fingerprint(),
                          "teacher": state_digest(teacher) if teacher is not None else None}
+    if not ranks.main:
+        history = fit(net, data, recipe, teacher=teacher, checkpoint=checkpoint, desc=name,
+                      fingerprint_extra=fingerprint_extra, teacher_cache=teacher_cache, ranks=ranks)
+        return TrainedModel(net, history, "")
     # Continue the interrupted MLflow run only when fit() will continue the interrupted training.
     resumable = checkpoint_fingerprint(checkpoint) == recipe.fingerprint(fingerprint_extra)
     resume_id = run_file.read_text().strip() if (resumable and run_file.exists()) else None
@@ -49,7 +57,7 @@ def tracked_fit(*, name: str, net: nn.Module, spec: ModelSpec, data: Prepared, r
         run_file.write_text(run.info.run_id)
         history = fit(net, data, recipe, teacher=teacher, callbacks=[EpochLogger(), *extra_callbacks],
                       checkpoint=checkpoint, desc=name, fingerprint_extra=fingerprint_extra,
-                      teacher_cache=teacher_cache)
+                      teacher_cache=teacher_cache, ranks=ranks)
         save_model(model_path, net, spec, {"history": history})
         write_csv(history_path, history)
         final = {f"final_{k}": v for k, v in history[-1].items() if k.startswith("val_")}
