@@ -50,7 +50,9 @@ def body(ctx: StageContext) -> str:
     name = study_name(arm.name, fingerprint)
     study = open_arm_study(out_dir / "study.db", name, budget, p.sweep)
     tags = base_tags(layout, p, arm.stage("sweep"), arm=arm.name, model_kind="sweep_trial")
-    objective = make_objective(p, arm.name, data, teacher, tags, teacher_cache(p, layout) if arm.uses_teacher else None)
+
+    def objective():  # built where trials run: a coordinator of sweep.workers runs none
+        return make_objective(p, arm.name, data, teacher, tags, teacher_cache(p, layout) if arm.uses_teacher else None)
 
     with start_run(f"sweep-{arm.name}", {**tags, "model_kind": "sweep"},
                    {"arm": arm.name, "budget": budget, "study_name": name}):
@@ -61,9 +63,9 @@ def body(ctx: StageContext) -> str:
                         torch.cuda.device_count(), out_dir / "workers")
             result = summarize_study(study)
         elif p.sweep.storage:
-            result = run_shared_study(study, objective, budget["n_trials"])
+            result = run_shared_study(study, objective(), budget["n_trials"])
         else:
-            result = run_study(study, objective, budget["n_trials"], lock_path=out_dir / "study.lock")
+            result = run_study(study, objective(), budget["n_trials"], lock_path=out_dir / "study.lock")
         if ctx.args.worker:
             return f"{arm.name} worker: the study holds {len(result.trials)} trials"
         if not result.best:

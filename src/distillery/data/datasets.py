@@ -179,24 +179,20 @@ def _decode_one(path: Path, size: int) -> tuple[str, tuple[np.ndarray, int] | st
     return digest, (arr, short_side)
 
 
-def _decode_worker(args: tuple[Path, int]) -> tuple[str, tuple[np.ndarray, int] | str]:
-    return _decode_one(*args)
-
-
 def _decode_all(paths: list[Path], size: int) -> list[tuple[str, tuple[np.ndarray, int] | str]]:
     """Decode every file, in order, on all cores (JPEG decoding is the whole cost of prepare for photos)."""
+    import itertools
     import os
     from concurrent.futures import ProcessPoolExecutor
 
     from tqdm import tqdm
 
     workers = min(os.cpu_count() or 1, 8)
-    jobs = [(p, size) for p in paths]
     if workers == 1 or len(paths) < 64:  # a pool's start-up costs more than a few dozen images
         return [_decode_one(p, size) for p in tqdm(paths, desc="reading images", unit="img", leave=False)]
     with ProcessPoolExecutor(workers) as pool:
-        return list(tqdm(pool.map(_decode_worker, jobs, chunksize=16), total=len(jobs), desc="reading images",
-                         unit="img", leave=False))
+        decoded = pool.map(_decode_one, paths, itertools.repeat(size), chunksize=16)
+        return list(tqdm(decoded, total=len(paths), desc="reading images", unit="img", leave=False))
 
 
 def download_tf_flowers(url: str, cache_dir: Path) -> Path:

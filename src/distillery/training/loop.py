@@ -152,14 +152,21 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def checkpoint_fingerprint(path: Path) -> str | None:
-    """The fingerprint a checkpoint was written under, or None if there is no readable one."""
-    if not path.exists():
+def _read_checkpoint(path: Path | None) -> dict[str, Any] | None:
+    """A training checkpoint's contents (on the CPU), or None if there is no readable one."""
+    if path is None or not path.exists():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True).get("fingerprint")
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # truncated, corrupt or foreign: not a checkpoint this run can resume from
         return None
+    return state if isinstance(state, dict) else None
+
+
+def checkpoint_fingerprint(path: Path) -> str | None:
+    """The fingerprint a checkpoint was written under, or None if there is no readable one."""
+    state = _read_checkpoint(path)
+    return state.get("fingerprint") if state else None
 
 
 def fit(net: nn.Module, data: Prepared, recipe: Recipe, *, teacher: nn.Module | None = None,
@@ -234,8 +241,9 @@ def fit(net: nn.Module, data: Prepared, recipe: Recipe, *, teacher: nn.Module | 
     history: list[dict[str, Any]] = []
     start_epoch = 0
     # An absent, unreadable or foreign checkpoint has no matching fingerprint: the run starts afresh.
-    if checkpoint is not None and checkpoint_fingerprint(checkpoint) == fingerprint:
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
+    # On the CPU: torch.set_rng_state takes CPU tensors only; load_state_dict moves weights and moments to the device.
+    state = _read_checkpoint(checkpoint)
+    if state is not None and state.get("fingerprint") == fingerprint:
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -245,12 +253,13 @@ def fit(net: nn.Module, data: Prepared, recipe: Recipe, *, teacher: nn.Module | 
         if start_epoch < recipe.epochs:
             print(f"{desc}: resuming from {checkpoint} at epoch {start_epoch + 1}/{recipe.epochs}")
 
+    del state  # the optimizer's moments: not kept alive for the whole run
     teacher_logits_of = None
-    if ranks.world > 1:
-        teacher_cache = None  # each rank sees its slice of the view: the teacher runs live on it
     model = net
     if ranks.world > 1:
         from torch.nn.parallel import DistributedDataParallel
+
+        teacher_cache = None  # each rank sees its slice of the view: the teacher runs live on it
 
         # A one-channel patch embedding has a size-1 dimension whose stride autograd and DDP's buckets
         # record differently: the same memory, so torch's "may impair performance" warning is noise.

@@ -66,7 +66,8 @@ class ViewStream:
         self.view_seed = view_seed
         self.n = n
         self.batch_size = batch_size
-        self.part = part
+        whole = part is None or (part.start, part.stop) == (0, batch_size)
+        self.part = None if whole else part  # None: this process trains on every position of the batch
         self.steps = max(1, n // batch_size)  # the ragged last batch is dropped: Mixup needs even batches
         self.augment = augment
         self.device = device
@@ -84,7 +85,7 @@ class ViewStream:
         # Per-image draws for the whole epoch at once, moved to the device in one copy: a copy per step
         # would make the host wait for the GPU every step.
         draws = self.augment.draw(self.steps, self.batch_size, gen)
-        if self.part is not None and (self.part.start, self.part.stop) != (0, self.batch_size):
+        if self.part is not None:
             # this rank's positions of every global batch: the same images and draws a single process uses there
             rows = perm[: self.steps * self.batch_size].view(self.steps, self.batch_size)[:, self.part]
             perm = rows.reshape(-1)
