@@ -6,7 +6,7 @@ distillation token per layer) and metrics/test_predictions.csv.
 """
 
 from distillery.core.cli import StageContext, main_for
-from distillery.core.files import write_json
+from distillery.core.files import atomic_path, write_json
 from distillery.data import SPLITS, load_prepared
 from distillery.evaluation.evaluate import evaluate_all
 from distillery.training.loop import resolve_device
@@ -21,7 +21,8 @@ def body(ctx: StageContext) -> str:
     device = resolve_device(p.train.device)
     write_json(layout.metrics / "throughput.json", {"images_per_s": result.throughput, "machine": machine_info(device)})
     write_json(layout.metrics / "token_cosine.json", result.token_cosine)
-    result.predictions.to_csv(layout.metrics / "test_predictions.csv", index=False)
+    with atomic_path(layout.metrics / "test_predictions.csv") as tmp:
+        result.predictions.to_csv(tmp, index=False)
     parts = [f"{name} {m['test_acc']:.4f}" for name, m in result.metrics.items()]
     return "test acc: " + ", ".join(parts)
 

@@ -22,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..core.config import DataConfig
 from ..core.errors import DataError
+from ..core.files import atomic_path, write_text
 
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -332,16 +333,14 @@ def save_prepared(raw: RawDataset, idx: dict[str, np.ndarray], out: Path, source
             "channels": int(raw.images.shape[1]), "image_size": image_size or stored}
     if stored != meta["image_size"]:
         meta["storage_size"] = stored
-    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    (out / "classes.json").write_text(json.dumps(raw.classes, indent=2) + "\n")
+    write_text(out / "meta.json", json.dumps(meta, indent=2) + "\n")
+    write_text(out / "classes.json", json.dumps(raw.classes, indent=2) + "\n")
     return meta
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # never a truncated array that the next stage trusts
         np.save(f, array)
-    tmp.replace(path)  # a kill mid-write never leaves a truncated array that the next stage trusts
 
 
 def load_prepared(path: Path, splits: tuple[str, ...] = ("train", "val")) -> Prepared:

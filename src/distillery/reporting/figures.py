@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 from scipy import stats as st  # noqa: E402
 
 from ..core.arms import ARMS, REFERENCES  # noqa: E402
+from ..core.files import atomic_path  # noqa: E402
 from .inputs import ReportInputs, seed_columns  # noqa: E402
 from .stats import Comparison  # noqa: E402
 
@@ -24,7 +25,8 @@ def label(name: str) -> str:
 
 def _save(fig, path: Path, dpi: int) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
 
 

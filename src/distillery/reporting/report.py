@@ -13,7 +13,7 @@ import numpy as np
 
 from ..core.arms import ARMS, DISTILLED, REFERENCES, is_fixed, search_space, study_budget
 from ..core.config import ChoiceSpec, Params
-from ..core.files import write_json
+from ..core.files import write_json, write_text
 from ..core.paths import Layout
 from . import figures
 from .inputs import ReportInputs, load_inputs
@@ -187,7 +187,7 @@ def build_report(layout: Layout, params: Params) -> Path:
         if fn is not None:
             fn(inputs, fig_dir / name, params.report.dpi)
     md = out / "report.md"
-    md.write_text(render_markdown(inputs, comps, list(FIGURES)))
+    write_text(md, render_markdown(inputs, comps, list(FIGURES)))
     write_json(out / "effects.json", {
         "min_effect_points": params.report.min_effect, "family_alpha": params.report.alpha,
         "kl_reduction": params.distill.soft.kl_reduction, "n_seeds": len(params.final.seeds),

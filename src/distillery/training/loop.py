@@ -28,6 +28,7 @@ from .batches import batch_source
 from .distributed import Ranks, all_sum, barrier
 from .distributed import init as init_distributed
 from ..core.config import AugmentConfig, TrainConfig
+from ..core.files import atomic_path
 from ..data import Prepared
 from ..core.errors import TrainingError
 from .losses import DistillLoss, soft_target_ce
@@ -340,8 +341,6 @@ def fit(net: nn.Module, data: Prepared, recipe: Recipe, *, teacher: nn.Module | 
 
 
 def _save_checkpoint(path: Path, net, optimizer, scheduler, history, epoch, fingerprint) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": _rng_state(), "history": history, "epoch": epoch, "fingerprint": fingerprint}, tmp)
-    tmp.replace(path)  # atomic: a kill during the write leaves the previous checkpoint intact
+    with atomic_path(path) as tmp:  # a kill during the write leaves the previous checkpoint intact
+        torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": _rng_state(), "history": history, "epoch": epoch, "fingerprint": fingerprint}, tmp)

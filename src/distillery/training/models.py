@@ -20,6 +20,7 @@ from timm.models import register_model
 
 from ..core.config import Params
 from ..core.errors import ConfigError, DistilleryError
+from ..core.files import atomic_path
 from .weight_files import file_label, one_line, read_weights
 
 
@@ -260,12 +261,10 @@ def _plain(value: Any) -> Any:
 
 
 def save_model(path: Path, net: nn.Module, spec: ModelSpec, extra: dict[str, Any] | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     blob = {"spec": {"kind": spec.kind, "name": spec.name, "kwargs": _plain(dict(spec.kwargs))},
             "state_dict": net.state_dict(), "extra": _plain(extra or {})}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(blob, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(blob, tmp)
 
 
 def load_model(path: Path, map_location: str | torch.device = "cpu", *, expect_classes: int | None = None,

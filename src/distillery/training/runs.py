@@ -12,7 +12,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from ..core.files import write_csv
+from ..core.files import write_csv, write_text
 from ..data import Prepared
 from .models import ModelSpec, count_params, save_model, state_digest
 from .tracking import EpochLogger, start_run
@@ -53,8 +53,7 @@ def tracked_fit(*, name: str, net: nn.Module, spec: ModelSpec, data: Prepared, r
     else:
         ctx = start_run(name, tags, {**log_params, "num_params": count_params(net)})
     with ctx as run:
-        run_file.parent.mkdir(parents=True, exist_ok=True)
-        run_file.write_text(run.info.run_id)
+        write_text(run_file, run.info.run_id)
         history = fit(net, data, recipe, teacher=teacher, callbacks=[EpochLogger(), *extra_callbacks],
                       checkpoint=checkpoint, desc=name, fingerprint_extra=fingerprint_extra,
                       teacher_cache=teacher_cache, ranks=ranks)

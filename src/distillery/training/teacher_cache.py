@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..core.files import atomic_path, write_text
 from .machine import cpu_model
 
 CACHE_DTYPE = torch.float16
@@ -146,11 +146,8 @@ class TeacherLogits:
             return
         assert self.stream is not None
         self.stream.mkdir(parents=True, exist_ok=True)
-        path = self._file(self._epoch)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
+        with atomic_path(self._file(self._epoch)) as tmp, open(tmp, "wb") as fh:
             np.save(fh, self._built.cpu().numpy())
-        os.replace(tmp, path)
         self._built = None
 
 
@@ -177,5 +174,5 @@ def open_teacher_logits(teacher: nn.Module, device: torch.device, shape: tuple[i
               f"(cache {_human(used)} of {_human(cache.max_bytes)}, {stream.name})")
     if writable and missing:
         stream.mkdir(parents=True, exist_ok=True)
-        (stream / "key.json").write_text(json.dumps({"format": FORMAT, **key}, indent=1, sort_keys=True, default=str))
+        write_text(stream / "key.json", json.dumps({"format": FORMAT, **key}, indent=1, sort_keys=True, default=str))
     return TeacherLogits(teacher, device, shape, stream, writable)
