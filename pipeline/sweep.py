@@ -18,8 +18,8 @@ from distillery.data import load_prepared
 from distillery.training.models import check_model_names, load_model, state_digest
 from distillery.training.plan import teacher_cache
 from distillery.training.tracking import base_tags, setup_tracking, start_run
-from distillery.tuning.objective import make_objective
-from distillery.tuning.studies import (open_arm_study, param_importance, run_shared_study, run_study,
+from distillery.tuning.objective import make_objective, trial_checkpoints
+from distillery.tuning.studies import (arm_sampler_for, open_arm_study, param_importance, run_shared_study, run_study,
                                       snapshot_study, study_name, summarize_study)
 from distillery.tuning.workers import run_workers
 
@@ -52,7 +52,8 @@ def body(ctx: StageContext) -> str:
     tags = base_tags(layout, p, arm.stage("sweep"), arm=arm.name, model_kind="sweep_trial")
 
     def objective():  # built where trials run: a coordinator of sweep.workers runs none
-        return make_objective(p, arm.name, data, teacher, tags, teacher_cache(p, layout) if arm.uses_teacher else None)
+        return make_objective(p, arm.name, data, teacher, tags, teacher_cache(p, layout) if arm.uses_teacher else None,
+                              checkpoint_dir=layout.checkpoint(arm.name).parent)
 
     with start_run(f"sweep-{arm.name}", {**tags, "model_kind": "sweep"},
                    {"arm": arm.name, "budget": budget, "study_name": name}):
@@ -65,7 +66,8 @@ def body(ctx: StageContext) -> str:
         elif p.sweep.storage:
             result = run_shared_study(study, objective(), budget["n_trials"])
         else:
-            result = run_study(study, objective(), budget["n_trials"], lock_path=out_dir / "study.lock")
+            result = run_study(study, objective(), budget["n_trials"], lock_path=out_dir / "study.lock",
+                               sampler_for=arm_sampler_for(budget))
         if ctx.args.worker:
             return f"{arm.name} worker: the study holds {len(result.trials)} trials"
         if not result.best:
@@ -77,6 +79,8 @@ def body(ctx: StageContext) -> str:
     best.save(layout.best(arm.name))
     write_json(out_dir / "importance.json", param_importance(study))
     write_csv(out_dir / "trials.csv", result.trials)
+    for path in trial_checkpoints(layout.checkpoint(arm.name).parent, arm.name):  # the study holds the trials now
+        path.unlink(missing_ok=True)
     hp = ", ".join(f"{k}={v:.3g}" for k, v in best.hparams.items())
     return f"{arm.name}: best trial #{best.trial} ({hp}), val objective {best.objective:.4f} over {len(result.trials)} trials"
 

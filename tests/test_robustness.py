@@ -144,13 +144,21 @@ def _kill_and_resume_a_sweep(project):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
 
-    run_ok([sys.executable, "pipeline/sweep.py", "--arm", "soft"], project)
+    epochs_kept = {p.name: checkpoint_epoch(p) for p in (project / "checkpoints").glob("soft-trial-slot*.pt")}
+    log = run_ok([sys.executable, "pipeline/sweep.py", "--arm", "soft"], project)
     trials = study_trials(project, "soft")
     done = finished(trials)
     assert len(done) == SMALL["sweep.n_trials"]
     assert all(before[n] == next(t.params for t in done if t.number == n) for n in before)  # nothing lost
     assert [t.state.name for t in trials if t.state.name not in ("COMPLETE", "PRUNED")] == ["FAIL"]  # the killed one
-    assert json.loads((project / "sweeps/soft/best.json").read_text())["trial"] in {t.number for t in done}
+    assert json.loads((project / "sweeps/soft/best.json").read_text())["trial"] in {t.user_attrs["slot"] for t in done}
+    # the killed trial's slot is drawn again with the same settings and resumes from its last epoch
+    failed = next(t for t in trials if t.state.name == "FAIL")
+    replacement = next(t for t in done if t.user_attrs["slot"] == failed.user_attrs["slot"])
+    assert replacement.params == failed.params and replacement.number > failed.number
+    killed_at = epochs_kept.get(f"soft-trial-slot{failed.user_attrs['slot']}.pt", 0)
+    assert ("resuming from" in log) == (killed_at > 0), log[-2000:]
+    assert not list((project / "checkpoints").glob("soft-trial-slot*.pt"))  # the stage ended: none left
 
 
 def test_two_sweep_workers_stop_at_exactly_the_cap(project):

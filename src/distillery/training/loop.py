@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import random
 import time
 import warnings
@@ -174,12 +175,16 @@ def fit(net: nn.Module, data: Prepared, recipe: Recipe, *, teacher: nn.Module | 
         callbacks: list[EpochCallback] = (), checkpoint: Path | None = None, desc: str = "train",
         fingerprint_extra: dict[str, Any] | None = None, progress: bool = True,
         teacher_cache: TeacherCache | None = None, forbid_host_sync: bool = False,
-        ranks: Ranks | None = None) -> list[dict[str, Any]]:
+        ranks: Ranks | None = None, replay: bool = False) -> list[dict[str, Any]]:
     """Train `net` in place; return the per-epoch history. Resumes from `checkpoint` if it matches.
 
     With `teacher_cache`, the teacher's logits are replayed from it where an earlier run of the same
     view stream wrote them, and written there where not; the result is bitwise the live run's.
-    `forbid_host_sync` (CUDA only, a diagnostic) raises if a training step makes the host wait for the GPU."""
+    `forbid_host_sync` (CUDA only, a diagnostic) raises if a training step makes the host wait for the GPU.
+    `replay`: on resuming, first hand the checkpoint's epochs to the callbacks (a sweep trial that replaces
+    a killed one reports them to its new Optuna trial and MLflow run).
+    With DISTILLERY_EPOCH_LOG set, each trained epoch appends a line to that file: how much work a run
+    and its resumptions really did (the chaos test sums it)."""
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
 
@@ -272,6 +277,10 @@ def fit(net: nn.Module, data: Prepared, recipe: Recipe, *, teacher: nn.Module | 
         local_batch = batch_size // ranks.world
         teacher_logits_of = open_teacher_logits(teacher, device, (steps_per_epoch, local_batch, data.num_classes),
                                                 range(start_epoch, recipe.epochs), teacher_cache, key, desc)
+    for record in history if (replay and ranks.main) else ():
+        for cb in callbacks:
+            cb(record)
+    epoch_log = os.environ.get("DISTILLERY_EPOCH_LOG")
     bar = tqdm(range(start_epoch, recipe.epochs), desc=desc, unit="ep", disable=not (progress and ranks.main),
                dynamic_ncols=True,
                initial=start_epoch, total=recipe.epochs)
@@ -333,6 +342,9 @@ def fit(net: nn.Module, data: Prepared, recipe: Recipe, *, teacher: nn.Module | 
         bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{record['val_acc']:.3f}")
         if checkpoint is not None and ranks.main:  # one writer; the others wait for the file
             _save_checkpoint(checkpoint, net, optimizer, scheduler, history, epoch, fingerprint)
+        if epoch_log and ranks.main:
+            with open(epoch_log, "a") as fh:  # one short append: whole lines even when killed
+                fh.write(f"{desc}\t{epoch + 1}\n")
         barrier(ranks)
         for cb in callbacks if ranks.main else ():
             cb(record)

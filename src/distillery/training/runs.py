@@ -2,17 +2,26 @@
 
 Shared by the teacher and final stages so that every kept model is trained, saved and logged the
 same way (sweep trials log through the same EpochLogger but keep no model).
+
+A finished run is also kept aside under checkpoints/finished/<run>/ until its stage completes:
+DVC deletes a stage's outputs before rerunning it, so without this a stage killed during seed 3
+would retrain seeds 1 and 2 from scratch. A rerun with the same fingerprint restores the model,
+history and MLflow run id from there instead of training.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 import torch.nn as nn
 
-from ..core.files import write_csv, write_text
+from ..core.files import atomic_path, write_csv, write_json, write_text
 from ..data import Prepared
 from .models import ModelSpec, count_params, save_model, state_digest
 from .tracking import EpochLogger, start_run
@@ -41,12 +50,24 @@ def tracked_fit(*, name: str, net: nn.Module, spec: ModelSpec, data: Prepared, r
     run_file = checkpoint.with_suffix(".mlflow_run")
     fingerprint_extra = {"model": spec.name, "kwargs": spec.kwargs, "data": data.fingerprint(),
                          "teacher": state_digest(teacher) if teacher is not None else None}
+    fingerprint = recipe.fingerprint(fingerprint_extra)
+    done = _finished(checkpoint, fingerprint)
+    if done is not None:
+        history = done["history"]
+        if ranks.main:  # the only writer; other ranks just skip the run
+            with atomic_path(model_path) as tmp:
+                shutil.copyfile(finished_dir(checkpoint) / "model.pt", tmp)
+            write_csv(history_path, history)
+            print(f"{name}: finished before the stage was interrupted; restored from {finished_dir(checkpoint)}")
+        net.load_state_dict(torch.load(finished_dir(checkpoint) / "model.pt", map_location="cpu",
+                                       weights_only=True)["state_dict"])
+        return TrainedModel(net, history, done["run_id"] if ranks.main else "")
     if not ranks.main:
         history = fit(net, data, recipe, teacher=teacher, checkpoint=checkpoint, desc=name,
                       fingerprint_extra=fingerprint_extra, teacher_cache=teacher_cache, ranks=ranks)
         return TrainedModel(net, history, "")
     # Continue the interrupted MLflow run only when fit() will continue the interrupted training.
-    resumable = checkpoint_fingerprint(checkpoint) == recipe.fingerprint(fingerprint_extra)
+    resumable = checkpoint_fingerprint(checkpoint) == fingerprint
     resume_id = run_file.read_text().strip() if (resumable and run_file.exists()) else None
     if resume_id:
         ctx = mlflow.start_run(run_id=resume_id)
@@ -63,6 +84,32 @@ def tracked_fit(*, name: str, net: nn.Module, spec: ModelSpec, data: Prepared, r
         mlflow.log_metrics(final)
         mlflow.log_artifact(str(history_path), artifact_path="history")
         mlflow.log_artifact(str(model_path), artifact_path="model")
+    keep = finished_dir(checkpoint)
+    with atomic_path(keep / "model.pt") as tmp:
+        shutil.copyfile(model_path, tmp)
+    # written last: its presence says the unit is whole
+    write_json(keep / "record.json", {"fingerprint": fingerprint, "run_id": run.info.run_id, "history": history})
     checkpoint.unlink(missing_ok=True)  # finished: a later run with new code must not resume from it
     run_file.unlink(missing_ok=True)
     return TrainedModel(net, history, run.info.run_id)
+
+
+def finished_dir(checkpoint: Path) -> Path:
+    return checkpoint.parent / "finished" / checkpoint.stem
+
+
+def _finished(checkpoint: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The kept record of this very run (same fingerprint) if it finished earlier, else None."""
+    record = finished_dir(checkpoint) / "record.json"
+    try:
+        done = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return None
+    if done.get("fingerprint") != fingerprint or not (finished_dir(checkpoint) / "model.pt").exists():
+        return None
+    return done
+
+
+def forget_finished(checkpoint: Path) -> None:
+    """Called by a stage once its outputs are all written: DVC keeps them now."""
+    shutil.rmtree(finished_dir(checkpoint), ignore_errors=True)

@@ -8,6 +8,7 @@ trial whose training fails (NaN or infinite loss) is pruned with the reason, so 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import mlflow
@@ -20,11 +21,11 @@ from ..core.errors import TrainingError
 from ..core.files import objective_of
 from ..data import Prepared
 from ..training.loop import fit
-from ..training.models import count_params
+from ..training.models import count_params, state_digest
 from ..training.plan import trial_run
 from ..training.teacher_cache import TeacherCache
 from ..training.tracking import EpochLogger, start_run
-from .studies import first_prunable_epoch, heartbeat, suggest_space
+from .studies import first_prunable_epoch, heartbeat, suggest_space, trial_label
 
 
 def _prune(trial: optuna.Trial, reason: str) -> optuna.TrialPruned:
@@ -35,16 +36,23 @@ def _prune(trial: optuna.Trial, reason: str) -> optuna.TrialPruned:
 
 
 def make_objective(params: Params, arm: str, data: Prepared, teacher: nn.Module | None,
-                   tags: dict[str, str], teacher_cache: TeacherCache | None = None) -> Callable[[optuna.Trial], float]:
+                   tags: dict[str, str], teacher_cache: TeacherCache | None = None,
+                   checkpoint_dir: Path | None = None) -> Callable[[optuna.Trial], float]:
+    """The Optuna objective of one arm. With `checkpoint_dir` and trials that carry a slot (run_study),
+    a trial checkpoints every epoch under its slot: the trial that replaces a killed one draws the same
+    settings (studies.slot_sampler), resumes from the last epoch, and replays the earlier epochs to
+    its new Optuna trial and MLflow run. The checkpoints stay until the sweep stage ends
+    (trial_checkpoints): a kill between a trial's last epoch and Optuna's record of it then costs nothing."""
     space = search_space(params, arm)
     budget = study_budget(params, arm)  # the same numbers the arm's study (pruner, sampler) is built from
     first_prunable = first_prunable_epoch(budget["warmup_epochs"], budget["epochs_per_trial"],
                                           budget["prune_from_epoch"])
 
     def objective(trial: optuna.Trial) -> float:
-        run = trial_run(params, arm, data, suggest_space(trial, space), trial.number)
+        label = trial_label(trial)
+        run = trial_run(params, arm, data, suggest_space(trial, space), label)
         if run.recipe.epochs != budget["epochs_per_trial"]:
-            raise TrainingError(f"{arm} trial {trial.number}: {run.recipe.epochs} epochs, budget says "
+            raise TrainingError(f"{arm} trial {label}: {run.recipe.epochs} epochs, budget says "
                                 f"{budget['epochs_per_trial']}")
 
         def report(record: dict[str, Any]) -> None:
@@ -56,11 +64,17 @@ def make_objective(params: Params, arm: str, data: Prepared, teacher: nn.Module 
 
         net = run.spec.build(run.seed)  # every trial starts from the same seed: only its settings differ
         logged = {**run.log_params(params), "num_params": count_params(net)}  # the keys a final run logs
-        with start_run(run.name, {**tags, "trial_number": str(trial.number)}, logged, nested=True):
+        slot = trial.user_attrs.get("slot")  # set by run_study; shared studies (RDB) retry through Optuna instead
+        checkpoint = checkpoint_dir / f"{arm}-trial-slot{slot}.pt" if checkpoint_dir and slot is not None else None
+        extra = {"model": run.spec.name, "kwargs": run.spec.kwargs, "data": data.fingerprint(),
+                 "teacher": state_digest(teacher) if run.uses_teacher else None}
+        with start_run(run.name, {**tags, "trial_number": str(label), "optuna_trial": str(trial.number)}, logged,
+                       nested=True):
             try:
                 history = fit(net, data, run.recipe, teacher=teacher if run.uses_teacher else None,
-                              callbacks=[EpochLogger(), report], desc=f"{arm} trial {trial.number}",
-                              teacher_cache=teacher_cache if run.uses_teacher else None)
+                              callbacks=[EpochLogger(), report], desc=f"{arm} trial {label}",
+                              teacher_cache=teacher_cache if run.uses_teacher else None,
+                              checkpoint=checkpoint, fingerprint_extra=extra, replay=True)
             except TrainingError as exc:
                 raise _prune(trial, f"failed: {exc}") from None
             value = objective_of(history, budget["objective_epochs"])
@@ -69,3 +83,8 @@ def make_objective(params: Params, arm: str, data: Prepared, teacher: nn.Module 
         return value
 
     return objective
+
+
+def trial_checkpoints(checkpoint_dir: Path, arm: str) -> list[Path]:
+    """Every trial checkpoint of an arm's sweep; the stage deletes them once its outputs are written."""
+    return sorted(checkpoint_dir.glob(f"{arm}-trial-slot*.pt"))

@@ -84,10 +84,19 @@ def make_storage(storage_path: Path, sweep: SweepConfig | None = None) -> str | 
                             f"{why}); start the database or fix the URL") from None
 
 
+def slot_sampler(seed: int, startup_trials: int, slot: int) -> optuna.samplers.TPESampler:
+    """The sampler that draws the study's `slot`-th trial (slot = trials finished or running before it).
+
+    Seeded by the slot rather than left to advance in one process: a sweep killed and rerun draws
+    what the uninterrupted one would have, and a trial replacing one whose worker died gets the
+    dead one's settings (and so resumes its checkpoint)."""
+    return optuna.samplers.TPESampler(seed=seed + slot, n_startup_trials=startup_trials)
+
+
 def open_study(storage_path: Path, name: str, cfg: SweepConfig, seed: int, warmup_epochs: int,
                epochs: int, sweep: SweepConfig | None = None) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.startup_trials)
+    sampler = slot_sampler(seed, cfg.startup_trials, 0)
     return optuna.create_study(study_name=name, storage=make_storage(storage_path, sweep), sampler=sampler,
                                pruner=make_pruner(cfg, warmup_epochs, epochs), direction="maximize",
                                load_if_exists=True)
@@ -103,6 +112,11 @@ def open_arm_study(storage_path: Path, name: str, budget: dict[str, Any],
                       objective_epochs=budget["objective_epochs"])
     return open_study(storage_path, name, cfg, budget["sampler_seed"], budget["warmup_epochs"],
                       budget["epochs_per_trial"], sweep)
+
+
+def arm_sampler_for(budget: dict[str, Any]) -> Callable[[int], optuna.samplers.BaseSampler]:
+    """run_study's `sampler_for` of an arm's study: its budget's seed and start-up trials, per slot."""
+    return lambda slot: slot_sampler(budget["sampler_seed"], budget["startup_trials"], slot)
 
 
 def suggest(trial: optuna.Trial, name: str, spec: SearchSpec) -> float:
@@ -188,12 +202,14 @@ def run_shared_study(study: optuna.Study, objective: Callable[[optuna.Trial], fl
 
 
 def run_study(study: optuna.Study, objective: Callable[[optuna.Trial], float], n_trials: int,
-              lock_path: Path | None = None, stale_after_s: float = 1800.0) -> SweepResult:
+              lock_path: Path | None = None, stale_after_s: float = 1800.0,
+              sampler_for: Callable[[int], optuna.samplers.BaseSampler] | None = None) -> SweepResult:
     """Run trials until the study holds `n_trials` finished (completed or pruned) trials.
 
     Any number of workers may run this on the same study: a trial is only started, under a file
     lock, while finished plus running trials are fewer than the cap, so together they stop at
     exactly `n_trials`. A trial whose worker died is marked FAIL and replaced, never counted.
+    `sampler_for(slot)` (slot_sampler) draws each trial; the trial records its slot in user attr "slot".
     """
     from filelock import FileLock
 
@@ -204,7 +220,10 @@ def run_study(study: optuna.Study, objective: Callable[[optuna.Trial], float], n
             taken = len(study.get_trials(deepcopy=False, states=(*FINISHED, optuna.trial.TrialState.RUNNING)))
             if taken >= n_trials:
                 break
+            if sampler_for is not None:
+                study.sampler = sampler_for(taken)
             trial = study.ask()
+            trial.set_user_attr("slot", taken)
             trial.set_user_attr("worker", _worker_id())
             heartbeat(trial)
         try:
@@ -247,19 +266,26 @@ def hparams_of(t: optuna.trial.FrozenTrial) -> dict[str, float]:
     return {k[3:]: v for k, v in t.user_attrs.items() if k.startswith("hp_")}
 
 
+def trial_label(t: optuna.trial.FrozenTrial | optuna.Trial) -> int:
+    """A trial's place in the budget: its slot (run_study), else Optuna's number (shared studies).
+    A trial replacing a killed one takes the killed one's slot, so labels match an uninterrupted sweep."""
+    return int(t.user_attrs.get("slot", t.number))
+
+
 def summarize_study(study: optuna.Study) -> SweepResult:
-    """Every trial (state, hparams, epochs run, objective) and the best completed one."""
+    """Every finished trial (state, hparams, epochs run, objective) by label, and the best completed one.
+    Failed trials (a killed worker's) stay in the study and in MLflow; they are not part of the budget."""
     trials = []
-    for t in study.get_trials(deepcopy=False):
+    for t in sorted(study.get_trials(deepcopy=False, states=FINISHED), key=lambda t: (trial_label(t), t.number)):
         steps = t.intermediate_values
-        trials.append({"number": t.number, "state": t.state.name, "value": t.value, **hparams_of(t),
+        trials.append({"number": trial_label(t), "state": t.state.name, "value": t.value, **hparams_of(t),
                        "epochs_run": len(steps), "last_val_acc": steps[max(steps)] if steps else None,
                        "prune_reason": t.user_attrs.get("prune_reason", "")})
     completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not completed:
         return SweepResult(best={}, trials=trials)
     best = study.best_trial
-    return SweepResult(best={"trial": best.number, "objective": best.value, "hparams": hparams_of(best),
+    return SweepResult(best={"trial": trial_label(best), "objective": best.value, "hparams": hparams_of(best),
                              "n_trials": len(trials), "n_complete": len(completed),
                              "n_pruned": sum(t["state"] == "PRUNED" for t in trials)},
                        trials=trials)
