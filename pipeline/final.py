@@ -16,7 +16,7 @@ from distillery.training.loop import resolve_device
 from distillery.training.machine import machine_info
 from distillery.training.models import check_model_names, load_model
 from distillery.training.plan import final_run, teacher_cache
-from distillery.training.runs import forget_finished, tracked_fit
+from distillery.training.runs import tracked_fit
 from distillery.training.tracking import base_tags, setup_tracking
 
 
@@ -63,8 +63,6 @@ def body(ctx: StageContext) -> str:
                            **({"processes": ranks.world} if ranks.world > 1 else {})}}
     if ranks.main:
         write_json(layout.final_metrics(arm.name), metrics)
-        for seed in p.final.seeds:  # the stage's outputs are whole: DVC keeps the finished seeds now
-            forget_finished(layout.checkpoint(final_run(p, arm.name, data, best, seed).name))
     return (f"{arm.name}: val objective {metrics['objective_mean']:.4f} over {len(objectives)} seed(s) "
             f"(best trial: {best.objective:.4f})")
 

@@ -10,7 +10,7 @@ from distillery.training.loop import resolve_device
 from distillery.training.machine import machine_info
 from distillery.training.models import check_model_names, count_params
 from distillery.training.plan import teacher_run
-from distillery.training.runs import forget_finished, tracked_fit
+from distillery.training.runs import tracked_fit
 from distillery.training.tracking import base_tags, setup_tracking
 
 
@@ -31,7 +31,6 @@ def body(ctx: StageContext) -> str:
     metrics = {"val_acc": result.history[-1]["val_acc"], "num_params": count_params(result.net),
                "epochs": len(result.history), "machine": machine_info(resolve_device(p.train.device))}
     write_json(layout.metrics / "teacher.json", metrics)
-    forget_finished(layout.checkpoint("teacher"))  # the stage's outputs are whole: DVC keeps them now
     return f"{p.teacher.model}: val {metrics['val_acc']:.4f}"
 
 

@@ -1,6 +1,17 @@
 """The real `dvc repro` on a tiny configuration, in a temporary copy of the repository."""
 
+import collections
+import csv
+import io
 import json
+import os
+import random
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import yaml
@@ -23,14 +34,79 @@ TINY = {
 }
 
 
+class Reproduced(NamedTuple):
+    dest: Path
+    env: dict
+    log: str
+    stage_seconds: dict  # stage -> wall seconds, from "Running stage" to the next
+    snapshot: dict  # compared file -> its comparable bytes, taken right after the run
+    epochs: list  # one line per trained epoch (DISTILLERY_EPOCH_LOG)
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    """A copy of the project with its own git history and tiny params, reproduced once."""
-    dest = copy_project(tmp_path_factory.mktemp("e2e") / "repo", TINY)
+    """A copy of the project with its own git history and tiny params, reproduced once, uninterrupted."""
+    dest = fresh_project(tmp_path_factory.mktemp("e2e") / "repo")
     env = project_env()
+    epochs = dest.parent / "epochs.log"
+    log, starts = repro_timeline(dest, {**env, "DISTILLERY_EPOCH_LOG": str(epochs)})
+    bounds = [*starts.values(), starts["__end__"]]
+    seconds = {stage: bounds[i + 1] - bounds[i] for i, stage in enumerate(s for s in starts if s != "__end__")}
+    return Reproduced(dest, env, log, seconds, comparable_outputs(dest), epochs.read_text().splitlines())
+
+
+def fresh_project(dest: Path) -> Path:
+    copy_project(dest, TINY)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
-        run_ok(cmd, dest, env)
-    return dest, env, run_ok(["dvc", "repro"], dest, env)
+        run_ok(cmd, dest)
+    return dest
+
+
+def repro_timeline(dest: Path, env: dict, kill_in: tuple[str, float] | None = None) -> tuple[str, dict]:
+    """`dvc repro` with the moment each stage starts (seconds). With kill_in=(stage, s): SIGKILL the whole
+    process group s seconds after that stage starts, and return what it had printed."""
+    path = dest.parent / f"repro-{time.time_ns()}.log"
+    with open(path, "w") as out:
+        proc = subprocess.Popen(["dvc", "repro"], cwd=dest, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    t0, starts = time.monotonic(), {}
+    while True:
+        text = path.read_text(errors="replace")
+        for stage in re.findall(r"Running stage '([^']+)'", text):
+            starts.setdefault(stage, time.monotonic() - t0)
+        if kill_in and kill_in[0] in starts and time.monotonic() - t0 >= starts[kill_in[0]] + kill_in[1]:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return path.read_text(errors="replace"), starts
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    text = path.read_text(errors="replace")
+    assert proc.returncode == 0, f"dvc repro failed:\n{text[-3000:]}"
+    starts["__end__"] = time.monotonic() - t0  # with kill_in: the pipeline ended before the kill came
+    return text, starts
+
+
+# Timings and provenance differ between two runs of the same work; every other byte must not.
+NOT_COMPARED = ("metrics/throughput.json",)
+NOT_COMPARED_COLUMNS = ("epoch_seconds", "teacher_from_cache")
+
+
+def comparable_outputs(dest: Path) -> dict:
+    files = [*dest.glob("metrics/**/*.json"), *dest.glob("metrics/**/*.csv"), *dest.glob("sweeps/*/*.json"),
+             *dest.glob("sweeps/*/*.csv"), dest / "reports/effects.json"]
+    out = {}
+    for path in sorted(files):
+        rel = str(path.relative_to(dest))
+        if rel in NOT_COMPARED:
+            continue
+        data = path.read_text()
+        if path.suffix == ".csv" and rel.startswith("metrics/history/"):
+            rows = list(csv.reader(io.StringIO(data)))
+            keep = [i for i, name in enumerate(rows[0]) if name not in NOT_COMPARED_COLUMNS]
+            data = "\n".join(",".join(row[i] for i in keep) for row in rows)
+        out[rel] = data
+    return out
 
 
 def ran(log):
@@ -52,7 +128,7 @@ def edited(dest, dotted, value):
 
 
 def test_every_stage_ran_and_wrote_its_outputs(repo):
-    dest, _, log = repo
+    dest, log = repo.dest, repo.log
     assert ran(log) == set(STAGES)
     for rel in ("models/teacher.pt", "models/none/seed_1.pt", "models/control/seed_2.pt", "models/soft/seed_1.pt",
                 "models/hard/seed_2.pt", "sweeps/soft/best.json", "sweeps/control/trials.csv",
@@ -63,7 +139,7 @@ def test_every_stage_ran_and_wrote_its_outputs(repo):
 
 
 def test_metrics_and_verdicts_are_real(repo):
-    dest, _, _ = repo
+    dest = repo.dest
     ev = json.loads((dest / "metrics/evaluation.json").read_text())
     assert set(ev) == {"teacher", *ARMS}
     for arm in ("control", "soft", "hard"):
@@ -82,7 +158,7 @@ def test_metrics_and_verdicts_are_real(repo):
 
 
 def test_mlflow_has_every_run_with_the_same_keys_for_trials_and_finals(repo):
-    dest, _, _ = repo
+    dest = repo.dest
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{dest / 'mlflow.db'}")
@@ -103,7 +179,7 @@ def test_mlflow_has_every_run_with_the_same_keys_for_trials_and_finals(repo):
 
 def test_the_real_studies_spent_the_same_budget(repo):
     """Read back what each arm's sweep stage actually did: its Optuna study and its MLflow parent run."""
-    dest, _, _ = repo
+    dest = repo.dest
     import optuna
     from mlflow.tracking import MlflowClient
 
@@ -129,7 +205,7 @@ def test_the_real_studies_spent_the_same_budget(repo):
 def test_the_teacher_runs_once_per_view_stream(repo):
     """A distilled run replays the teacher's logits when an earlier run had the same views (view seed and
     Mixup/CutMix alpha): hard's trials after soft's, hard's finals after soft's; it computes them otherwise."""
-    dest, _, _ = repo
+    dest = repo.dest
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{dest / 'mlflow.db'}")
@@ -149,13 +225,52 @@ def test_the_teacher_runs_once_per_view_stream(repo):
     assert len(on_disk) == len(streams) * TINY["student.epochs"]
 
 
+KINDS = {"prepare": ["prepare"], "teacher": ["teacher"], "sweep": ["sweep@none", "sweep@control"],
+         "sweep_kd": ["sweep_kd@soft", "sweep_kd@hard"], "final": ["final@none", "final@control"],
+         "final_kd": ["final_kd@soft", "final_kd@hard"], "evaluate": ["evaluate"], "report": ["report"]}
+
+
+def test_killed_anywhere_it_ends_byte_identical_and_redoes_at_most_one_epoch_per_kill(repo, tmp_path):
+    """SIGKILL `dvc repro` (its whole process group) once in every stage kind, at a moment drawn from a
+    seeded generator (a fraction of that stage's time in the uninterrupted run), rerun after each kill,
+    then compare every result file with the uninterrupted run's and count the epochs trained twice."""
+    rng = random.Random(20261126)
+    plan = [(rng.choice(stages), rng.uniform(0.1, 0.9)) for stages in KINDS.values()]  # pipeline order
+    dest = fresh_project(tmp_path / "repo")
+    epochs = tmp_path / "epochs.log"
+    env = {**repo.env, "DISTILLERY_EPOCH_LOG": str(epochs)}
+    kills = []
+    for stage, fraction in plan:
+        at = fraction * repo.stage_seconds[stage]
+        log, starts = repro_timeline(dest, env, kill_in=(stage, at))
+        if "__end__" in starts:  # the rest of the pipeline finished within those seconds: no kill this time
+            continue
+        running = re.findall(r"Running stage '([^']+)'", log)
+        lines = [line.strip() for line in log.replace("\r", "\n").splitlines() if line.strip()]
+        kills.append((stage, round(at, 2), running[-1] if running else "(before any stage)", lines[-1][:90]))
+    repro_timeline(dest, env)  # rerun to the end, uninterrupted
+    trained = epochs.read_text().splitlines()
+    redone = sorted((collections.Counter(trained) - collections.Counter(repo.epochs)).elements())
+    print("\nkill points (planned stage, seconds after it started, stage running, last output line):")
+    for kill in kills:
+        print("  ", *kill, sep=" | ")
+    print(f"epochs: uninterrupted {len(repo.epochs)}, with kills {len(trained)}, trained twice {len(redone)}: {redone}")
+    assert len(kills) >= 5, kills
+    assert {k[2].split("@")[0] for k in kills} >= {"teacher", "sweep", "final"}, kills  # every training stage kind
+    assert len(redone) <= len(kills), (redone, kills)
+    after = comparable_outputs(dest)
+    assert set(after) == set(repo.snapshot)
+    differing = [rel for rel in after if after[rel] != repo.snapshot[rel]]
+    assert not differing, (differing, kills)
+
+
 def test_second_repro_reruns_nothing(repo):
-    dest, env, _ = repo
+    dest, env = repo.dest, repo.env
     assert ran(run_ok(["dvc", "repro"], dest, env)) == set()
 
 
 def test_report_setting_reruns_only_the_report(repo):
-    dest, env, _ = repo
+    dest, env = repo.dest, repo.env
     restore = edited(dest, "report.dpi", 80)
     assert ran(run_ok(["dvc", "repro"], dest, env)) == {"report"}
     restore()
@@ -163,13 +278,13 @@ def test_report_setting_reruns_only_the_report(repo):
 
 
 def test_one_arms_search_range_reruns_only_that_branch_and_the_joins(repo):
-    dest, env, _ = repo
+    dest, env = repo.dest, repo.env
     edited(dest, "distill.hard.alpha", {"low": 0.2, "high": 0.8, "log": False})
     assert ran(run_ok(["dvc", "repro"], dest, env)) == {"sweep_kd@hard", "final_kd@hard", "evaluate", "report"}
 
 
 def test_a_teacher_setting_leaves_the_no_teacher_arms_alone(repo):
-    dest, env, _ = repo
+    dest, env = repo.dest, repo.env
     edited(dest, "teacher.lr", 1e-3)
     reran = ran(run_ok(["dvc", "repro"], dest, env))
     assert {"teacher", "sweep_kd@soft", "final_kd@soft", "evaluate", "report"} <= reran

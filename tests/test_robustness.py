@@ -1,6 +1,7 @@
 """Kills, concurrent workers and determinism, on real stage processes in a temporary project."""
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -87,6 +88,7 @@ def test_killed_training_resumes_to_the_uninterrupted_result(project):
     metrics = project / "metrics/final/none.json"
     uninterrupted = metrics.read_bytes()
     metrics.unlink()
+    shutil.rmtree(project / "checkpoints/finished")  # or the rerun would restore the finished run, not train
 
     proc = stage(project, "pipeline/final.py", "--arm", "none")
     ckpt = project / "checkpoints/none-seed1.pt"
@@ -99,6 +101,33 @@ def test_killed_training_resumes_to_the_uninterrupted_result(project):
     assert "resuming from" in log
     assert metrics.read_bytes() == uninterrupted
     assert not ckpt.exists()  # a finished run leaves no checkpoint a later run could wrongly resume
+
+
+def test_a_finished_run_is_restored_not_retrained_after_dvc_deleted_the_outputs(project, tmp_path):
+    """What DVC does before rerunning a stage that was killed after its first seeds finished: delete the
+    stage's outputs. The finished runs come back from checkpoints/finished/ without a single epoch."""
+    run_ok([sys.executable, "pipeline/final.py", "--arm", "none"], project)
+    model, metrics = project / "models/none/seed_1.pt", project / "metrics/final/none.json"
+    before = model.read_bytes(), metrics.read_bytes()
+    shutil.rmtree(project / "models/none")
+    metrics.unlink()
+    epochs = tmp_path / "epochs.log"
+    env = {**project_env(), "DISTILLERY_EPOCH_LOG": str(epochs)}
+    log = run_ok([sys.executable, "pipeline/final.py", "--arm", "none"], project, env)
+    assert "restored from" in log and not epochs.exists()  # no epoch trained
+    assert (model.read_bytes(), metrics.read_bytes()) == before
+
+
+def test_a_model_trained_by_other_code_is_not_restored(monkeypatch, tmp_path):
+    from distillery.training import runs
+
+    one, two = tmp_path / "one.py", tmp_path / "two.py"
+    one.write_text("x = 1\n")
+    two.write_text("x = 2\n")
+    monkeypatch.setattr(sys, "argv", [str(one)])
+    first = runs.code_digest()
+    monkeypatch.setattr(sys, "argv", [str(two)])
+    assert runs.code_digest() != first
 
 
 def study_trials(project, kind):

@@ -3,16 +3,18 @@
 Shared by the teacher and final stages so that every kept model is trained, saved and logged the
 same way (sweep trials log through the same EpochLogger but keep no model).
 
-A finished run is also kept aside under checkpoints/finished/<run>/ until its stage completes:
-DVC deletes a stage's outputs before rerunning it, so without this a stage killed during seed 3
-would retrain seeds 1 and 2 from scratch. A rerun with the same fingerprint restores the model,
-history and MLflow run id from there instead of training.
+A finished run is also kept under checkpoints/finished/<run>/: DVC deletes a stage's outputs
+before rerunning it, so without this a stage killed during seed 3 (or while DVC stores the
+outputs of a stage that has finished) would retrain seeds 1 and 2 from scratch. A rerun with the
+same fingerprint and the same code restores the model, history and MLflow run id from there.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,7 +90,8 @@ def tracked_fit(*, name: str, net: nn.Module, spec: ModelSpec, data: Prepared, r
     with atomic_path(keep / "model.pt") as tmp:
         shutil.copyfile(model_path, tmp)
     # written last: its presence says the unit is whole
-    write_json(keep / "record.json", {"fingerprint": fingerprint, "run_id": run.info.run_id, "history": history})
+    write_json(keep / "record.json", {"fingerprint": fingerprint, "code": code_digest(), "run_id": run.info.run_id,
+                                      "history": history})
     checkpoint.unlink(missing_ok=True)  # finished: a later run with new code must not resume from it
     run_file.unlink(missing_ok=True)
     return TrainedModel(net, history, run.info.run_id)
@@ -105,11 +108,18 @@ def _finished(checkpoint: Path, fingerprint: str) -> dict[str, Any] | None:
         done = json.loads(record.read_text())
     except (OSError, ValueError):
         return None
-    if done.get("fingerprint") != fingerprint or not (finished_dir(checkpoint) / "model.pt").exists():
+    if (done.get("fingerprint"), done.get("code")) != (fingerprint, code_digest()) \
+            or not (finished_dir(checkpoint) / "model.pt").exists():
         return None
     return done
 
 
-def forget_finished(checkpoint: Path) -> None:
-    """Called by a stage once its outputs are all written: DVC keeps them now."""
-    shutil.rmtree(finished_dir(checkpoint), ignore_errors=True)
+def code_digest() -> str:
+    """The package's and the running stage script's source: a model trained by other code is not reused."""
+    h = hashlib.sha256()
+    files = sorted(Path(__file__).resolve().parents[1].rglob("*.py"))
+    script = Path(sys.argv[0]).resolve()
+    for path in [*files, *([script] if script.suffix == ".py" and script.is_file() else [])]:
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
