@@ -45,7 +45,10 @@ def write_json(path: Path, obj: Any) -> None:
 def read_json(path: Path) -> Any:
     if not path.exists():
         raise ConfigError(f"{path} not found; run the stage that writes it first (dvc repro)")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, OSError) as exc:  # truncated, hand-edited or not JSON at all
+        raise ConfigError(f"{path} is not readable JSON ({exc}); rerun the stage that writes it (dvc repro)") from None
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -348,9 +348,20 @@ def load_prepared(path: Path, splits: tuple[str, ...] = ("train", "val")) -> Pre
     meta_path = path / "meta.json"
     if not meta_path.exists():
         raise DataError(f"no prepared data at '{path}'; run the prepare stage first (dvc repro prepare)")
-    meta = json.loads(meta_path.read_text())
-    loaded = {s: Split(np.load(path / f"{s}_x.npy", mmap_mode="r"), np.load(path / f"{s}_y.npy")) for s in splits}
-    return Prepared(loaded, meta["classes"], meta["mean"], meta["std"], meta.get("image_size"))
+    try:
+        meta = json.loads(meta_path.read_text())
+        loaded = {s: Split(_load_npy(path / f"{s}_x.npy", mmap=True), _load_npy(path / f"{s}_y.npy")) for s in splits}
+        return Prepared(loaded, meta["classes"], meta["mean"], meta["std"], meta.get("image_size"))
+    except (ValueError, KeyError, TypeError) as exc:  # hand-edited or damaged meta.json
+        raise DataError(f"'{meta_path}' is damaged ({type(exc).__name__}: {exc}); rerun prepare (dvc repro prepare)") from None
+
+
+def _load_npy(path: Path, mmap: bool = False) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None)
+    except (OSError, ValueError, EOFError) as exc:  # missing, truncated or not an array
+        raise DataError(f"prepared array '{path}' cannot be read ({type(exc).__name__}: {exc}); rerun prepare "
+                        "(dvc repro prepare)") from None
 
 
 def summarize(raw: RawDataset, idx: dict[str, np.ndarray], meta: dict) -> dict:

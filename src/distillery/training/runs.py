@@ -57,9 +57,9 @@ def tracked_fit(*, name: str, net: nn.Module, spec: ModelSpec, data: Prepared, r
     if done is not None:
         history = done["history"]
         if ranks.main:  # the only writer; other ranks just skip the run
-            with atomic_path(model_path) as tmp:
-                shutil.copyfile(finished_dir(checkpoint) / "model.pt", tmp)
-            write_csv(history_path, history)
+            for kept, out in (("model.pt", model_path), ("history.csv", history_path)):  # the very bytes
+                with atomic_path(out) as tmp:
+                    shutil.copyfile(finished_dir(checkpoint) / kept, tmp)
             print(f"{name}: finished before the stage was interrupted; restored from {finished_dir(checkpoint)}")
         net.load_state_dict(torch.load(finished_dir(checkpoint) / "model.pt", map_location="cpu",
                                        weights_only=True)["state_dict"])
@@ -87,8 +87,9 @@ def tracked_fit(*, name: str, net: nn.Module, spec: ModelSpec, data: Prepared, r
         mlflow.log_artifact(str(history_path), artifact_path="history")
         mlflow.log_artifact(str(model_path), artifact_path="model")
     keep = finished_dir(checkpoint)
-    with atomic_path(keep / "model.pt") as tmp:
-        shutil.copyfile(model_path, tmp)
+    for out, kept in ((model_path, "model.pt"), (history_path, "history.csv")):
+        with atomic_path(keep / kept) as tmp:
+            shutil.copyfile(out, tmp)
     # written last: its presence says the unit is whole
     write_json(keep / "record.json", {"fingerprint": fingerprint, "code": code_digest(), "run_id": run.info.run_id,
                                       "history": history})
@@ -109,7 +110,7 @@ def _finished(checkpoint: Path, fingerprint: str) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     if (done.get("fingerprint"), done.get("code")) != (fingerprint, code_digest()) \
-            or not (finished_dir(checkpoint) / "model.pt").exists():
+            or not all((finished_dir(checkpoint) / kept).exists() for kept in ("model.pt", "history.csv")):
         return None
     return done
 
