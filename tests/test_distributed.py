@@ -45,7 +45,7 @@ def test_two_processes_train_the_single_process_model(tmp_path):
 def test_a_killed_two_process_run_resumes_on_one_process_where_it_would_have_ended(tmp_path):
     ckpt = tmp_path / "ckpt.pt"
     subprocess.run(torchrun(tmp_path / "full.pt", 6), check=True, env=project_env(), capture_output=True)
-    proc = subprocess.Popen(torchrun(tmp_path / "killed.pt", 6, ckpt), env=project_env(),
+    proc = subprocess.Popen(torchrun(tmp_path / "killed.pt", 6, ckpt), env={**project_env(), "DDP_EPOCH_PAUSE": "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -88,6 +88,7 @@ def test_final_nproc_2_launches_torchrun_and_rank_0_alone_writes(tmp_path):
     final = [sys.executable, "pipeline/final.py", "--arm", "none"]
     run_ok(final, repo)
     one = {s: torch.load(repo / f"models/none/seed_{s}.pt", weights_only=True)["state_dict"] for s in (1, 2)}
+    shutil.rmtree(repo / "checkpoints/finished")  # or the runs finished on one process would be restored
     raw = yaml.safe_load((repo / "params.yaml").read_text())
     raw["final"]["nproc"] = 2
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
