@@ -35,7 +35,8 @@ def debug_enabled() -> bool:
 
 
 def _world() -> tuple[int, int]:
-    """(rank, world size) under torchrun; (0, 1) in a single process."""
+    """(rank, world size) under torchrun; (0, 1) in a single process. training.distributed.Ranks reads the
+    same variables, but importing it imports torch, which core (and the report stage) never does."""
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
@@ -83,8 +84,9 @@ def run_stage(name: str, body: Callable[[StageContext], str], add_args: Callable
     try:
         layout = Layout.from_env()
         params = load_params(args.params or layout.params)
-        if nproc is not None and nproc(params) > 1 and "WORLD_SIZE" not in os.environ:
-            return _launch(name, nproc(params), argv)
+        processes = nproc(params) if nproc is not None else 1
+        if processes > 1 and "WORLD_SIZE" not in os.environ:
+            return _launch(name, processes, argv)
         summary = body(StageContext(name, layout, params, args))
     except DistilleryError as exc:
         if debug:

@@ -50,8 +50,7 @@ def tracked_fit(*, name: str, net: nn.Module, spec: ModelSpec, data: Prepared, r
 
     ranks = ranks or Ranks.from_env()
     run_file = checkpoint.with_suffix(".mlflow_run")
-    fingerprint_extra = {"model": spec.name, "kwargs": spec.kwargs, "data": data.fingerprint(),
-                         "teacher": state_digest(teacher) if teacher is not None else None}
+    fingerprint_extra = run_identity(spec, data.fingerprint(), state_digest(teacher) if teacher is not None else None)
     fingerprint = recipe.fingerprint(fingerprint_extra)
     done = _finished(checkpoint, fingerprint)
     if done is not None:
@@ -96,6 +95,12 @@ def tracked_fit(*, name: str, net: nn.Module, spec: ModelSpec, data: Prepared, r
     checkpoint.unlink(missing_ok=True)  # finished: a later run with new code must not resume from it
     run_file.unlink(missing_ok=True)
     return TrainedModel(net, history, run.info.run_id)
+
+
+def run_identity(spec: ModelSpec, data_fingerprint: str, teacher_digest: str | None) -> dict[str, Any]:
+    """What besides the recipe makes a run's checkpoint its own (fit's `fingerprint_extra`): the model,
+    the data and the teacher. Taking the digests as arguments lets a sweep hash its data and teacher once."""
+    return {"model": spec.name, "kwargs": spec.kwargs, "data": data_fingerprint, "teacher": teacher_digest}
 
 
 def finished_dir(checkpoint: Path) -> Path:

@@ -22,6 +22,7 @@ from ..core.files import objective_of
 from ..data import Prepared
 from ..training.loop import fit
 from ..training.models import count_params, state_digest
+from ..training.runs import run_identity
 from ..training.plan import trial_run
 from ..training.teacher_cache import TeacherCache
 from ..training.tracking import EpochLogger, start_run
@@ -47,6 +48,9 @@ def make_objective(params: Params, arm: str, data: Prepared, teacher: nn.Module 
     budget = study_budget(params, arm)  # the same numbers the arm's study (pruner, sampler) is built from
     first_prunable = first_prunable_epoch(budget["warmup_epochs"], budget["epochs_per_trial"],
                                           budget["prune_from_epoch"])
+    # the same for every trial: hashed once, not per trial (the data hash reads every training image)
+    data_fingerprint = data.fingerprint()
+    teacher_digest = state_digest(teacher) if teacher is not None else None
 
     def objective(trial: optuna.Trial) -> float:
         label = trial_label(trial)
@@ -66,8 +70,7 @@ def make_objective(params: Params, arm: str, data: Prepared, teacher: nn.Module 
         logged = {**run.log_params(params), "num_params": count_params(net)}  # the keys a final run logs
         slot = trial.user_attrs.get("slot")  # set by run_study; shared studies (RDB) retry through Optuna instead
         checkpoint = checkpoint_dir / f"{arm}-trial-slot{slot}.pt" if checkpoint_dir and slot is not None else None
-        extra = {"model": run.spec.name, "kwargs": run.spec.kwargs, "data": data.fingerprint(),
-                 "teacher": state_digest(teacher) if run.uses_teacher else None}
+        extra = run_identity(run.spec, data_fingerprint, teacher_digest if run.uses_teacher else None)
         with start_run(run.name, {**tags, "trial_number": str(label), "optuna_trial": str(trial.number)}, logged,
                        nested=True):
             try:

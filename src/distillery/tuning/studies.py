@@ -26,6 +26,7 @@ import optuna
 
 from ..core.config import ChoiceSpec, SearchSpec, SweepConfig
 from ..core.errors import TrainingError
+from ..core.files import atomic_path
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
@@ -240,11 +241,8 @@ def run_study(study: optuna.Study, objective: Callable[[optuna.Trial], float], n
 
 def snapshot_study(study_name: str, storage_url: str, path: Path) -> None:
     """Copy a database study into a fresh SQLite file (atomically)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    optuna.copy_study(from_study_name=study_name, from_storage=storage_url, to_storage=f"sqlite:///{tmp}")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        optuna.copy_study(from_study_name=study_name, from_storage=storage_url, to_storage=f"sqlite:///{tmp}")
 
 
 def param_importance(study: optuna.Study) -> dict[str, float]:
