@@ -22,8 +22,11 @@ profile: $(STAMP)
 	$(BIN)/python -m distillery.profiles $(NAME) $(SET)
 
 # pytest exits 5 when it collects no tests: treat that as a failure of the suite, not a pass.
+# Two workers (pytest-xdist), whole files each: most of the suite's time is processes importing torch and
+# waiting on each other, which two cores overlap. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest tests; rc=$$?; \
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests were collected"; exit 1; fi; exit $$rc
 
 test-fast: $(STAMP)

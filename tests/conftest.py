@@ -11,6 +11,27 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ("reports/", "metrics/", "sweeps/")
 
+# Under pytest-xdist (make test: -n 2) every worker, and every stage process it starts, gets its share of
+# the cores. torch would take a thread per core in each: twice as many threads as cores, which busy
+# machines punish (a two-worker sweep test taking 76 s here ran past 600 s in CI with 2 threads per
+# process). Set before any test module imports torch.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS",
+                          str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
+# xdist (--dist loadfile) hands out whole files in collection order: the longest first, so that no
+# worker is left with a long file when the other has finished.
+LONGEST_FIRST = ("test_pipeline_e2e.py", "test_robustness.py", "test_profiles.py", "test_engines.py",
+                 "test_distributed.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order inside a file is kept
+
 
 def copy_project(dest: Path, overrides: dict) -> Path:
     """Tracked and untracked-but-not-ignored files (working versions), minus committed results."""

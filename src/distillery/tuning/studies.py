@@ -202,6 +202,14 @@ def run_shared_study(study: optuna.Study, objective: Callable[[optuna.Trial], fl
     return summarize_study(study)
 
 
+def free_slot(held: list[optuna.trial.FrozenTrial]) -> int:
+    """The lowest slot no finished or running trial holds. Not simply their count: when a killed
+    trial's slot lies below one another worker is still running, the count would hand out the running
+    one again, and two trials would share (and overwrite) one slot's checkpoint."""
+    taken = {trial_label(t) for t in held}
+    return next(k for k in range(len(taken) + 1) if k not in taken)
+
+
 def run_study(study: optuna.Study, objective: Callable[[optuna.Trial], float], n_trials: int,
               lock_path: Path | None = None, stale_after_s: float = 1800.0,
               sampler_for: Callable[[int], optuna.samplers.BaseSampler] | None = None) -> SweepResult:
@@ -218,13 +226,14 @@ def run_study(study: optuna.Study, objective: Callable[[optuna.Trial], float], n
     while True:
         with lock:
             fail_abandoned_trials(study, stale_after_s)
-            taken = len(study.get_trials(deepcopy=False, states=(*FINISHED, optuna.trial.TrialState.RUNNING)))
-            if taken >= n_trials:
+            held = study.get_trials(deepcopy=False, states=(*FINISHED, optuna.trial.TrialState.RUNNING))
+            if len(held) >= n_trials:
                 break
+            slot = free_slot(held)
             if sampler_for is not None:
-                study.sampler = sampler_for(taken)
+                study.sampler = sampler_for(slot)
             trial = study.ask()
-            trial.set_user_attr("slot", taken)
+            trial.set_user_attr("slot", slot)
             trial.set_user_attr("worker", _worker_id())
             heartbeat(trial)
         try:

@@ -16,10 +16,13 @@ from pathlib import Path
 from ..core.errors import TrainingError
 
 
-def worker_env(index: int, gpus: int) -> dict[str, str]:
+def worker_env(index: int, gpus: int, workers: int) -> dict[str, str]:
     env = dict(os.environ)
     if gpus > 1:
         env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
+    # Each torch process would otherwise take a thread per core: N workers on one box would then run
+    # N times more threads than cores, and on a busy CPU their spin-waits cost far more than 1/N.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
     return env
 
 
@@ -30,7 +33,7 @@ def run_workers(n: int, arm: str, script: Path, params: str | None, gpus: int, l
     for i in range(n):
         log = open(log_dir / f"worker-{i}.log", "w")
         cmd = [sys.executable, str(script), "--arm", arm, "--worker", *(["--params", params] if params else [])]
-        procs.append((subprocess.Popen(cmd, env=worker_env(i, gpus), stdout=log, stderr=subprocess.STDOUT), log))
+        procs.append((subprocess.Popen(cmd, env=worker_env(i, gpus, n), stdout=log, stderr=subprocess.STDOUT), log))
     print(f"sweep@{arm}: {n} workers started" + (f", one per GPU of {gpus}" if gpus > 1 else "")
           + f"; their output: {log_dir}/worker-*.log")
     failed = []
