@@ -65,3 +65,17 @@ def run_ok(cmd, cwd, env=None, timeout=900) -> str:
     proc = subprocess.run(cmd, cwd=cwd, env=env or project_env(), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout + proc.stderr
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print what a test recorded as ("shown_in_summary", text): a test's own print would stay inside
+    its xdist worker, while recorded properties travel back with the test's report."""
+    shown = {}
+    for reports in terminalreporter.stats.values():
+        for rep in reports:
+            for name, value in getattr(rep, "user_properties", ()):
+                if name == "shown_in_summary":
+                    shown[rep.nodeid] = value
+    for nodeid, text in shown.items():
+        terminalreporter.write_sep("-", nodeid.split("::")[-1])
+        terminalreporter.write_line(text)

@@ -230,7 +230,8 @@ KINDS = {"prepare": ["prepare"], "teacher": ["teacher"], "sweep": ["sweep@none",
          "final_kd": ["final_kd@soft", "final_kd@hard"], "evaluate": ["evaluate"], "report": ["report"]}
 
 
-def test_killed_anywhere_it_ends_byte_identical_and_redoes_at_most_one_epoch_per_kill(repo, tmp_path, capsys):
+def test_killed_anywhere_it_ends_byte_identical_and_redoes_at_most_one_epoch_per_kill(repo, tmp_path,
+                                                                                    record_property):
     """SIGKILL `dvc repro` (its whole process group) once in every stage kind, at a moment drawn from a
     seeded generator (a fraction of that stage's time in the uninterrupted run), rerun after each kill,
     then compare every result file with the uninterrupted run's and count the epochs trained twice."""
@@ -265,13 +266,12 @@ def test_killed_anywhere_it_ends_byte_identical_and_redoes_at_most_one_epoch_per
         kills[-1][-1] = redone_since(kills[-1][-2])
     trained = trained_so_far()
     redone = sorted((collections.Counter(trained) - collections.Counter(repo.epochs)).elements())
-    with capsys.disabled():  # shown in every `make test` log, passing or not
-        print("\nkill points (planned stage | seconds after it started | stage running | last output line | "
-              "epochs trained before the kill | epochs the next attempt trained twice):")
-        for kill in kills:
-            print("  ", *kill, sep=" | ")
-        print(f"epochs: uninterrupted {len(repo.epochs)}, with kills {len(trained)}, trained twice {len(redone)}: "
-              f"{redone}")
+    record_property("shown_in_summary", "\n".join([  # in every `make test` log, passing or not (conftest.py)
+        "kill points (planned stage | seconds after it started | stage running | last output line | "
+        "epochs trained before the kill | epochs the next attempt trained twice):",
+        *("   | " + " | ".join(map(str, kill)) for kill in kills),
+        f"epochs: uninterrupted {len(repo.epochs)}, with kills {len(trained)}, trained twice {len(redone)}: "
+        f"{redone}"]))
     assert len(kills) >= 5, kills
     assert {k[2].split("@")[0] for k in kills} >= {"teacher", "sweep", "final"}, kills  # every training stage kind
     assert len(redone) <= len(kills) and all(k[-1] <= 1 for k in kills), (redone, kills)
