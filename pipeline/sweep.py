@@ -39,12 +39,14 @@ def body(ctx: StageContext) -> str:
                if arm.uses_teacher else None)
     setup_tracking(p.tracking, layout)
     budget = study_budget(p, arm.name)
+    # hashed once: the data hash reads every training and val image
+    identity = (data.fingerprint(), state_digest(teacher) if teacher is not None else None)
     fingerprint = {  # n_trials is left out: it is a stopping rule, raising it continues the same study
         "arm": arm.name, "budget": {k: v for k, v in budget.items() if k != "n_trials"},
         "space": {k: v.model_dump() for k, v in search_space(p, arm.name).items()},
         "kl_reduction": p.distill.soft.kl_reduction if arm.name == "soft" else None,
         "student": p.student.model_dump(), "train": p.train.identity(), "augment": p.augment.model_dump(),
-        "teacher": state_digest(teacher) if teacher is not None else None, "data": data.fingerprint(),
+        "teacher": identity[1], "data": identity[0],
     }
     out_dir = layout.sweep_dir(arm.name)
     name = study_name(arm.name, fingerprint)
@@ -53,7 +55,7 @@ def body(ctx: StageContext) -> str:
 
     def objective():  # built where trials run: a coordinator of sweep.workers runs none
         return make_objective(p, arm.name, data, teacher, tags, teacher_cache(p, layout) if arm.uses_teacher else None,
-                              checkpoint_dir=layout.checkpoint(arm.name).parent)
+                              checkpoint_dir=layout.checkpoint(arm.name).parent, identity=identity)
 
     with start_run(f"sweep-{arm.name}", {**tags, "model_kind": "sweep"},
                    {"arm": arm.name, "budget": budget, "study_name": name}):

@@ -61,6 +61,15 @@ def project_env() -> dict:
     return env
 
 
+def running_runs(project: Path) -> list[str]:
+    """Names of the project's MLflow runs still marked RUNNING."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return [r.info.run_name for r in client.search_runs(ids, filter_string="attributes.status = 'RUNNING'")]
+
+
 def run_ok(cmd, cwd, env=None, timeout=900) -> str:
     proc = subprocess.run(cmd, cwd=cwd, env=env or project_env(), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import pytest
 import yaml
-from conftest import copy_project, project_env, run_ok
+from conftest import copy_project, project_env, run_ok, running_runs
 
 pytestmark = pytest.mark.slow
 
@@ -275,6 +275,7 @@ def test_killed_anywhere_it_ends_byte_identical_and_redoes_at_most_one_epoch_per
     assert len(kills) >= 5, kills
     assert {k[2].split("@")[0] for k in kills} >= {"teacher", "sweep", "final"}, kills  # every training stage kind
     assert len(redone) <= len(kills) and all(k[-1] <= 1 for k in kills), (redone, kills)
+    assert running_runs(dest) == []  # each killed stage's MLflow runs were closed as KILLED by the next
     after = comparable_outputs(dest)
     assert set(after) == set(repo.snapshot)
     differing = [rel for rel in after if after[rel] != repo.snapshot[rel]]

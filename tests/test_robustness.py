@@ -10,7 +10,7 @@ import time
 import optuna
 import pytest
 import yaml
-from conftest import copy_project, project_env, run_ok
+from conftest import copy_project, project_env, run_ok, running_runs
 
 pytestmark = pytest.mark.slow
 
@@ -188,6 +188,7 @@ def _kill_and_resume_a_sweep(project):
     killed_at = epochs_kept.get(f"soft-trial-slot{failed.user_attrs['slot']}.pt", 0)
     assert ("resuming from" in log) == (killed_at > 0), log[-2000:]
     assert not list((project / "checkpoints").glob("soft-trial-slot*.pt"))  # the stage ended: none left
+    assert running_runs(project) == []  # the killed trial's and sweep's MLflow runs: closed as KILLED
 
 
 def test_two_sweep_workers_stop_at_exactly_the_cap(project):

@@ -64,13 +64,13 @@ def test_abandoned_trial_is_failed_through_the_public_api(tmp_path):
 def test_a_killed_trials_slot_is_reused_not_one_another_worker_is_running(tmp_path):
     """Slots 0 done, 1 killed, 2 running in another (live) worker: the next trial takes slot 1. Counting
     the held trials would give 2, and two trials would then write one slot's checkpoint."""
-    from distillery.tuning.studies import _worker_id
+    from distillery.core.liveness import this_process
 
     study = open_(tmp_path / "study.db", SweepConfig(n_trials=3))
     for slot, state in [(0, "COMPLETE"), (1, "FAIL"), (2, None)]:
         trial = study.ask()
         trial.set_user_attr("slot", slot)
-        trial.set_user_attr("worker", _worker_id())  # this process: alive, so slot 2 stays running
+        trial.set_user_attr("worker", this_process())  # this process: alive, so slot 2 stays running
         if state == "COMPLETE":
             study.tell(trial, 0.5)
         elif state == "FAIL":

@@ -68,3 +68,38 @@ def test_system_metrics_are_sampled_into_each_run_when_on(tmp_path):
         assert not any(k.startswith("system/") for k in mlflow.get_run(run.info.run_id).data.metrics)
     finally:
         mlflow.disable_system_metrics_logging()
+
+
+def test_runs_of_a_killed_process_are_marked_killed_and_no_others(tmp_path):
+    """A stage killed mid-run leaves its MLflow run RUNNING; the next stage on this host closes it as
+    KILLED, but not a run of a live process nor one from another host; a resumed run is this process's."""
+    import subprocess
+    import sys
+
+    import mlflow
+
+    from distillery.core.liveness import this_process
+    from distillery.training.tracking import PROCESS_TAG, resume_run, setup_tracking
+
+    victim = subprocess.run([sys.executable, "-c", (
+        "import os, pathlib; from distillery.core.config import TrackingConfig; from distillery.core.paths import Layout\n"
+        "from distillery.training.tracking import setup_tracking, start_run\n"
+        f"setup_tracking(TrackingConfig(system_metrics=False), Layout(pathlib.Path({str(tmp_path)!r})))\n"
+        "with start_run('victim', {}) as run:\n"
+        "    print(run.info.run_id, flush=True); os._exit(0)  # dies inside the run, as under SIGKILL")],
+        capture_output=True, text=True, timeout=120)
+    killed_id = victim.stdout.split()[-1]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert client.get_run(killed_id).info.status == "RUNNING"  # what the kill left
+    experiment = client.get_run(killed_id).info.experiment_id
+    alive = client.create_run(experiment, tags={PROCESS_TAG: this_process()}).info.run_id
+    remote = client.create_run(experiment, tags={PROCESS_TAG: "another-host:12345"}).info.run_id
+    setup_tracking(TrackingConfig(system_metrics=False), Layout(tmp_path))  # what the next stage does first
+    status = {rid: client.get_run(rid).info.status for rid in (killed_id, alive, remote)}
+    assert status == {killed_id: "KILLED", alive: "RUNNING", remote: "RUNNING"}
+    with resume_run(killed_id):  # the resumed training's run: running again, and this process's now
+        assert client.get_run(killed_id).info.status == "RUNNING"
+        assert client.get_run(killed_id).data.tags[PROCESS_TAG] == this_process()
+    assert client.get_run(killed_id).info.status == "FINISHED"
+    for rid in (alive, remote):
+        client.set_terminated(rid)

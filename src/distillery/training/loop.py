@@ -272,8 +272,9 @@ def fit(net: nn.Module, data: Prepared, recipe: Recipe, *, teacher: nn.Module | 
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     if loss_fn.needs_teacher:
-        key = stream_key(state_digest(teacher), data.fingerprint(), recipe.augment, recipe.mixing, batch_size,
-                         recipe.view_seed, device)
+        known = fingerprint_extra or {}  # runs.run_identity's digests: hashing data and teacher again per trial is waste
+        key = stream_key(known.get("teacher") or state_digest(teacher), known.get("data") or data.fingerprint(),
+                         recipe.augment, recipe.mixing, batch_size, recipe.view_seed, device)
         local_batch = batch_size // ranks.world
         teacher_logits_of = open_teacher_logits(teacher, device, (steps_per_epoch, local_batch, data.num_classes),
                                                 range(start_epoch, recipe.epochs), teacher_cache, key, desc)

@@ -26,7 +26,7 @@ import torch.nn as nn
 from ..core.files import atomic_path, write_csv, write_json, write_text
 from ..data import Prepared
 from .models import ModelSpec, count_params, save_model, state_digest
-from .tracking import EpochLogger, start_run
+from .tracking import EpochLogger, resume_run, start_run
 from .loop import EpochCallback, Recipe, checkpoint_fingerprint, fit
 from .distributed import Ranks
 from .teacher_cache import TeacherCache
@@ -71,7 +71,7 @@ def tracked_fit(*, name: str, net: nn.Module, spec: ModelSpec, data: Prepared, r
     resumable = checkpoint_fingerprint(checkpoint) == fingerprint
     resume_id = run_file.read_text().strip() if (resumable and run_file.exists()) else None
     if resume_id:
-        ctx = mlflow.start_run(run_id=resume_id)
+        ctx = resume_run(resume_id)
     else:
         ctx = start_run(name, tags, {**log_params, "num_params": count_params(net)})
     with ctx as run:

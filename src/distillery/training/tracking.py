@@ -13,7 +13,10 @@ from typing import Any, Iterator
 
 from ..core.config import Params, TrackingConfig
 from ..core.errors import TrackingError
+from ..core.liveness import is_gone_here, this_process
 from ..core.paths import Layout
+
+PROCESS_TAG = "host_pid"  # which process runs it: lets a later stage close the runs of a killed one
 
 
 def tracking_uri(cfg: TrackingConfig, layout: Layout) -> str:
@@ -72,10 +75,28 @@ def setup_tracking(cfg: TrackingConfig, layout: Layout) -> str:
     lock = layout.home / ".mlflow.lock"
     try:
         with FileLock(str(lock), timeout=600):
-            mlflow.set_experiment(cfg.experiment)
+            experiment = mlflow.set_experiment(cfg.experiment)
+        close_runs_of_gone_processes(experiment.experiment_id)
     except Exception as exc:  # any store failure must end in one readable line
         raise TrackingError(f"could not open MLflow store {uri}: {type(exc).__name__}: {exc}"[:500]) from None
     return uri
+
+
+def close_runs_of_gone_processes(experiment_id: str) -> list[str]:
+    """Mark KILLED the runs still RUNNING whose process, on this host, no longer exists: what a killed
+    stage leaves behind (its trial, seed or sweep runs), which `mlflow ui` would otherwise show as
+    running forever. A run of a live process, or of another host, is left alone."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    closed = []
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000):
+        if is_gone_here(run.data.tags.get(PROCESS_TAG, "")):
+            client.set_terminated(run.info.run_id, status="KILLED")
+            closed.append(run.info.run_id)
+    if closed:
+        print(f"mlflow: {len(closed)} run(s) of a killed process marked KILLED")
+    return closed
 
 
 def git_commit(root: Path) -> str:
@@ -113,12 +134,22 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def start_run(name: str, tags: dict[str, str], params: dict[str, Any] | None = None, nested: bool = False) -> Iterator[Any]:
     import mlflow
 
-    with mlflow.start_run(run_name=name, tags=tags, nested=nested) as run:
+    with mlflow.start_run(run_name=name, tags={**tags, PROCESS_TAG: this_process()}, nested=nested) as run:
         if params:
             flat = {k: ("null" if v is None else v) for k, v in flatten(params).items()}
             items = list(flat.items())
             for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
                 mlflow.log_params(dict(items[i:i + 100]))
+        yield run
+
+
+@contextmanager
+def resume_run(run_id: str) -> Iterator[Any]:
+    """Continue a killed run (MLflow sets it RUNNING again), now owned by this process."""
+    import mlflow
+
+    with mlflow.start_run(run_id=run_id) as run:
+        mlflow.set_tag(PROCESS_TAG, this_process())  # or a later stage would take it for the killed one's
         yield run
 
 

@@ -38,19 +38,21 @@ def _prune(trial: optuna.Trial, reason: str) -> optuna.TrialPruned:
 
 def make_objective(params: Params, arm: str, data: Prepared, teacher: nn.Module | None,
                    tags: dict[str, str], teacher_cache: TeacherCache | None = None,
-                   checkpoint_dir: Path | None = None) -> Callable[[optuna.Trial], float]:
+                   checkpoint_dir: Path | None = None,
+                   identity: tuple[str, str | None] | None = None) -> Callable[[optuna.Trial], float]:
     """The Optuna objective of one arm. With `checkpoint_dir` and trials that carry a slot (run_study),
     a trial checkpoints every epoch under its slot: the trial that replaces a killed one draws the same
     settings (studies.slot_sampler), resumes from the last epoch, and replays the earlier epochs to
     its new Optuna trial and MLflow run. The checkpoints stay until the sweep stage ends
-    (trial_checkpoints): a kill between a trial's last epoch and Optuna's record of it then costs nothing."""
+    (trial_checkpoints): a kill between a trial's last epoch and Optuna's record of it then costs nothing.
+    `identity`: (data.fingerprint(), the teacher's state_digest or None) when the caller has them already."""
     space = search_space(params, arm)
     budget = study_budget(params, arm)  # the same numbers the arm's study (pruner, sampler) is built from
     first_prunable = first_prunable_epoch(budget["warmup_epochs"], budget["epochs_per_trial"],
                                           budget["prune_from_epoch"])
     # the same for every trial: hashed once, not per trial (the data hash reads every training image)
-    data_fingerprint = data.fingerprint()
-    teacher_digest = state_digest(teacher) if teacher is not None else None
+    data_fingerprint, teacher_digest = identity or (data.fingerprint(),
+                                                    state_digest(teacher) if teacher is not None else None)
 
     def objective(trial: optuna.Trial) -> float:
         label = trial_label(trial)

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ import optuna
 from ..core.config import ChoiceSpec, SearchSpec, SweepConfig
 from ..core.errors import TrainingError
 from ..core.files import atomic_path
+from ..core.liveness import is_gone_here, this_process
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
@@ -144,23 +143,6 @@ class SweepResult:
     trials: list[dict[str, Any]]
 
 
-def _worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _is_dead_local_worker(worker: str) -> bool:
-    host, _, pid = worker.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
 def fail_abandoned_trials(study: optuna.Study, stale_after_s: float) -> list[int]:
     """Mark RUNNING trials whose worker is gone as FAIL, so they stop holding a place under the cap.
 
@@ -172,7 +154,7 @@ def fail_abandoned_trials(study: optuna.Study, stale_after_s: float) -> list[int
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         worker = t.user_attrs.get("worker", "")
         beat = t.user_attrs.get("heartbeat", t.datetime_start.timestamp() if t.datetime_start else now)
-        if _is_dead_local_worker(worker) or now - beat > stale_after_s:
+        if is_gone_here(worker) or now - beat > stale_after_s:
             study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
             print(f"sweep: trial {t.number} failed: worker {worker or '?'} stopped mid-trial; it will be replaced")
             failed.append(t.number)
@@ -194,7 +176,7 @@ def run_shared_study(study: optuna.Study, objective: Callable[[optuna.Trial], fl
     from optuna.study import MaxTrialsCallback
 
     def tracked(trial: optuna.Trial) -> float:
-        trial.set_user_attr("worker", _worker_id())
+        trial.set_user_attr("worker", this_process())
         return objective(trial)
 
     if len(study.get_trials(deepcopy=False, states=FINISHED)) < n_trials:
@@ -234,7 +216,7 @@ def run_study(study: optuna.Study, objective: Callable[[optuna.Trial], float], n
                 study.sampler = sampler_for(slot)
             trial = study.ask()
             trial.set_user_attr("slot", slot)
-            trial.set_user_attr("worker", _worker_id())
+            trial.set_user_attr("worker", this_process())
             heartbeat(trial)
         try:
             value = objective(trial)
