@@ -39,6 +39,7 @@ class Reproduced(NamedTuple):
     env: dict
     log: str
     stage_seconds: dict  # stage -> wall seconds, from "Running stage" to the next
+    stage_epochs: dict  # stage -> epochs it trained (DISTILLERY_EPOCH_LOG lines)
     snapshot: dict  # compared file -> its comparable bytes, taken right after the run
     epochs: list  # one line per trained epoch (DISTILLERY_EPOCH_LOG)
 
@@ -50,9 +51,10 @@ def repo(tmp_path_factory):
     env = project_env()
     epochs = dest.parent / "epochs.log"
     log, starts = repro_timeline(dest, {**env, "DISTILLERY_EPOCH_LOG": str(epochs)})
-    bounds = [*starts.values(), starts["__end__"]]
-    seconds = {stage: bounds[i + 1] - bounds[i] for i, stage in enumerate(s for s in starts if s != "__end__")}
-    return Reproduced(dest, env, log, seconds, comparable_outputs(dest), epochs.read_text().splitlines())
+    order = [s for s in starts if s != "__end__"]
+    seconds = {stage: starts[nxt][0] - starts[stage][0] for stage, nxt in zip(order, [*order[1:], "__end__"])}
+    trained = {stage: starts[nxt][1] - starts[stage][1] for stage, nxt in zip(order, [*order[1:], "__end__"])}
+    return Reproduced(dest, env, log, seconds, trained, comparable_outputs(dest), epochs.read_text().splitlines())
 
 
 def fresh_project(dest: Path) -> Path:
@@ -62,28 +64,44 @@ def fresh_project(dest: Path) -> Path:
     return dest
 
 
-def repro_timeline(dest: Path, env: dict, kill_in: tuple[str, float] | None = None) -> tuple[str, dict]:
-    """`dvc repro` with the moment each stage starts (seconds). With kill_in=(stage, s): SIGKILL the whole
-    process group s seconds after that stage starts, and return what it had printed."""
+class Kill(NamedTuple):
+    """SIGKILL `seconds` after `stage` has trained `epochs` epochs (0: after it started)."""
+    stage: str
+    epochs: int
+    seconds: float
+
+
+def repro_timeline(dest: Path, env: dict, kill: Kill | None = None) -> tuple[str, dict]:
+    """`dvc repro` with the moment each stage starts (seconds) and the epochs trained before it
+    (lines of env's DISTILLERY_EPOCH_LOG). With `kill`: SIGKILL the whole process group at that point,
+    and return what it had printed."""
     path = dest.parent / f"repro-{time.time_ns()}.log"
+    epoch_log = Path(env["DISTILLERY_EPOCH_LOG"]) if "DISTILLERY_EPOCH_LOG" in env else None
+
+    def epochs_so_far():
+        return len(epoch_log.read_text().splitlines()) if epoch_log and epoch_log.exists() else 0
+
     with open(path, "w") as out:
         proc = subprocess.Popen(["dvc", "repro"], cwd=dest, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-    t0, starts = time.monotonic(), {}
+    t0, starts, armed_at = time.monotonic(), {}, None
     while True:
         text = path.read_text(errors="replace")
         for stage in re.findall(r"Running stage '([^']+)'", text):
-            starts.setdefault(stage, time.monotonic() - t0)
-        if kill_in and kill_in[0] in starts and time.monotonic() - t0 >= starts[kill_in[0]] + kill_in[1]:
+            starts.setdefault(stage, (time.monotonic() - t0, epochs_so_far()))
+        if kill and armed_at is None and kill.stage in starts and \
+                epochs_so_far() - starts[kill.stage][1] >= kill.epochs:
+            armed_at = time.monotonic()
+        if armed_at is not None and time.monotonic() >= armed_at + kill.seconds:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             return path.read_text(errors="replace"), starts
         if proc.poll() is not None:
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     text = path.read_text(errors="replace")
     assert proc.returncode == 0, f"dvc repro failed:\n{text[-3000:]}"
-    starts["__end__"] = time.monotonic() - t0  # with kill_in: the pipeline ended before the kill came
+    starts["__end__"] = (time.monotonic() - t0, epochs_so_far())  # with kill: the pipeline ended before it came
     return text, starts
 
 
@@ -233,11 +251,26 @@ KINDS = {"prepare": ["prepare"], "teacher": ["teacher"], "sweep": ["sweep@none",
 def test_killed_anywhere_it_ends_byte_identical_and_redoes_at_most_one_epoch_per_kill(repo, tmp_path,
                                                                                     record_property):
     """SIGKILL `dvc repro` (its whole process group) once in every stage kind, at a moment drawn from a
-    seeded generator (a fraction of that stage's time in the uninterrupted run), rerun after each kill,
-    then compare every result file with the uninterrupted run's and count the epochs trained twice."""
+    seeded generator, rerun after each kill, then compare every result file with the uninterrupted run's
+    and count the epochs trained twice.
+
+    Moments are counted in epochs, not seconds: under load a stage can run faster than in the reference
+    run, and a kill timed in seconds then landed in the next stage (CI, with two test workers). Teacher,
+    sweep and final kills come after epoch 1..E-1 of the stage's E, plus up to 0.5 s: inside the stage
+    for sure, at times while it writes a checkpoint. The distilled arms' kills come after the stage's last epoch,
+    while it writes its outputs or DVC stores them. Stages without epochs: a fraction of their time."""
     rng = random.Random(20261126)
-    # late in each stage: its first seconds are Python importing torch, where a kill is least interesting
-    plan = [(rng.choice(stages), rng.uniform(0.4, 0.95)) for stages in KINDS.values()]  # pipeline order
+
+    def moment(kind, stage):
+        trained = repo.stage_epochs[stage]
+        if kind in ("teacher", "sweep", "final") and trained > 1:
+            return Kill(stage, rng.randint(1, trained - 1), rng.uniform(0.0, 0.5))
+        if trained:
+            return Kill(stage, trained, rng.uniform(0.0, 1.0))
+        # late: the first seconds of a stage are Python importing torch, where a kill is least interesting
+        return Kill(stage, 0, rng.uniform(0.4, 0.95) * repo.stage_seconds[stage])
+
+    plan = [moment(kind, rng.choice(stages)) for kind, stages in KINDS.items()]  # pipeline order
     dest = fresh_project(tmp_path / "repo")
     epochs = tmp_path / "epochs.log"
     env = {**repo.env, "DISTILLERY_EPOCH_LOG": str(epochs)}
@@ -250,16 +283,16 @@ def test_killed_anywhere_it_ends_byte_identical_and_redoes_at_most_one_epoch_per
         done = trained_so_far()
         return len(collections.Counter(done[count:]) & collections.Counter(done[:count]))
 
-    for stage, fraction in plan:
-        at = fraction * repo.stage_seconds[stage]
-        log, starts = repro_timeline(dest, env, kill_in=(stage, at))
+    for kill in plan:
+        log, starts = repro_timeline(dest, env, kill)
         if kills:  # this attempt resumed after the previous kill: charge its repeats to that kill
             kills[-1][-1] = redone_since(kills[-1][-2])
         if "__end__" in starts:  # the rest of the pipeline finished within those seconds: no kill this time
             continue
         running = re.findall(r"Running stage '([^']+)'", log)
         lines = [line.strip() for line in log.replace("\r", "\n").splitlines() if line.strip()]
-        kills.append([stage, round(at, 2), running[-1] if running else "(before any stage)", lines[-1][:90],
+        kills.append([kill.stage, f"{kill.epochs} ep + {kill.seconds:.2f} s",
+                      running[-1] if running else "(before any stage)", lines[-1][:90],
                       len(trained_so_far()), 0])
     repro_timeline(dest, env)  # rerun to the end, uninterrupted
     if kills:
@@ -267,7 +300,7 @@ def test_killed_anywhere_it_ends_byte_identical_and_redoes_at_most_one_epoch_per
     trained = trained_so_far()
     redone = sorted((collections.Counter(trained) - collections.Counter(repo.epochs)).elements())
     record_property("shown_in_summary", "\n".join([  # in every `make test` log, passing or not (conftest.py)
-        "kill points (planned stage | seconds after it started | stage running | last output line | "
+        "kill points (planned stage | after its epochs + seconds | stage running | last output line | "
         "epochs trained before the kill | epochs the next attempt trained twice):",
         *("   | " + " | ".join(map(str, kill)) for kill in kills),
         f"epochs: uninterrupted {len(repo.epochs)}, with kills {len(trained)}, trained twice {len(redone)}: "
