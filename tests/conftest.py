@@ -8,6 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from distillery.core.processes import share_cores  # torch-free, like all of core
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ("reports/", "metrics/", "sweeps/")
 
@@ -16,8 +18,7 @@ RESULTS = ("reports/", "metrics/", "sweeps/")
 # machines punish (a two-worker sweep test taking 76 s here ran past 600 s in CI with 2 threads per
 # process). Set before any test module imports torch.
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    os.environ.setdefault("OMP_NUM_THREADS",
-                          str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+    share_cores(os.environ, int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
 
 # xdist (--dist loadfile) hands out whole files in collection order: the longest first, so that no
 # worker is left with a long file when the other has finished.

@@ -51,9 +51,9 @@ def repo(tmp_path_factory):
     env = project_env()
     epochs = dest.parent / "epochs.log"
     log, starts = repro_timeline(dest, {**env, "DISTILLERY_EPOCH_LOG": str(epochs)})
-    order = [s for s in starts if s != "__end__"]
-    seconds = {stage: starts[nxt][0] - starts[stage][0] for stage, nxt in zip(order, [*order[1:], "__end__"])}
-    trained = {stage: starts[nxt][1] - starts[stage][1] for stage, nxt in zip(order, [*order[1:], "__end__"])}
+    following = dict(zip(starts, list(starts)[1:]))  # stage -> the next stage, or "__end__"
+    seconds = {stage: starts[nxt][0] - starts[stage][0] for stage, nxt in following.items()}
+    trained = {stage: starts[nxt][1] - starts[stage][1] for stage, nxt in following.items()}
     return Reproduced(dest, env, log, seconds, trained, comparable_outputs(dest), epochs.read_text().splitlines())
 
 

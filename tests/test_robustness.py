@@ -10,6 +10,7 @@ import time
 import optuna
 import pytest
 import yaml
+from distillery.core.processes import share_cores
 from conftest import copy_project, project_env, run_ok, running_runs
 
 pytestmark = pytest.mark.slow
@@ -195,9 +196,10 @@ def test_two_sweep_workers_stop_at_exactly_the_cap(project):
     raw = yaml.safe_load((project / "params.yaml").read_text())
     raw["sweep"]["n_trials"] = 4
     (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    # a core each, as sweep.workers gives them: with 2 threads each on 2 cores, this test (then 6 trials)
-    # took 76 s here and over 600 s in one CI run
-    env = {**project_env(), "OMP_NUM_THREADS": "1"}
+    # their share of the cores, as sweep.workers gives them: with 2 threads each on 2 cores, this test
+    # (then 6 trials) took 76 s here and over 600 s in one CI run
+    env = project_env()
+    share_cores(env, 2)
     workers = [stage(project, "pipeline/sweep.py", "--arm", "hard", env=env) for _ in range(2)]
     try:
         for w in workers:

@@ -64,7 +64,7 @@ def test_abandoned_trial_is_failed_through_the_public_api(tmp_path):
 def test_a_killed_trials_slot_is_reused_not_one_another_worker_is_running(tmp_path):
     """Slots 0 done, 1 killed, 2 running in another (live) worker: the next trial takes slot 1. Counting
     the held trials would give 2, and two trials would then write one slot's checkpoint."""
-    from distillery.core.liveness import this_process
+    from distillery.core.processes import this_process
 
     study = open_(tmp_path / "study.db", SweepConfig(n_trials=3))
     for slot, state in [(0, "COMPLETE"), (1, "FAIL"), (2, None)]:

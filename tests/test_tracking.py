@@ -78,7 +78,7 @@ def test_runs_of_a_killed_process_are_marked_killed_and_no_others(tmp_path):
 
     import mlflow
 
-    from distillery.core.liveness import this_process
+    from distillery.core.processes import this_process
     from distillery.training.tracking import PROCESS_TAG, resume_run, setup_tracking
 
     victim = subprocess.run([sys.executable, "-c", (

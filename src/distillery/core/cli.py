@@ -12,6 +12,7 @@ from typing import Callable
 
 from .config import Params, load_params
 from .errors import DistilleryError
+from .processes import share_cores
 from .paths import Layout
 
 
@@ -50,8 +51,7 @@ def _launch(name: str, nproc: int, argv: list[str] | None) -> int:
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # the failing rank says why itself
-    # torchrun would give each process 1 thread (with a warning); share the cores instead
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    share_cores(os.environ, nproc)  # torchrun would give each process 1 thread (with a warning)
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0)
     args = sys.argv[1:] if argv is None else argv

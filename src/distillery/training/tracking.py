@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 from ..core.config import Params, TrackingConfig
 from ..core.errors import TrackingError
-from ..core.liveness import is_gone_here, this_process
+from ..core.processes import is_gone_here, this_process
 from ..core.paths import Layout
 
 PROCESS_TAG = "host_pid"  # which process runs it: lets a later stage close the runs of a killed one

@@ -25,7 +25,7 @@ import optuna
 from ..core.config import ChoiceSpec, SearchSpec, SweepConfig
 from ..core.errors import TrainingError
 from ..core.files import atomic_path
-from ..core.liveness import is_gone_here, this_process
+from ..core.processes import is_gone_here, this_process
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 

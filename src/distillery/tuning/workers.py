@@ -14,15 +14,14 @@ import sys
 from pathlib import Path
 
 from ..core.errors import TrainingError
+from ..core.processes import share_cores
 
 
 def worker_env(index: int, gpus: int, workers: int) -> dict[str, str]:
     env = dict(os.environ)
     if gpus > 1:
         env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
-    # Each torch process would otherwise take a thread per core: N workers on one box would then run
-    # N times more threads than cores, and on a busy CPU their spin-waits cost far more than 1/N.
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    share_cores(env, workers)
     return env
 
 

@@ -1,4 +1,5 @@
-"""Which process did something, and whether it is gone: `host:pid` labels.
+"""Processes of one stage: how many threads each gets, and `host:pid` labels saying which process did
+something and whether it is gone.
 
 A sweep trial and an MLflow run carry the label of the process that started them. After a kill,
 the next stage on the same host finds them still marked running and, if that process no longer
@@ -10,6 +11,14 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import MutableMapping
+
+
+def share_cores(env: MutableMapping[str, str], processes: int) -> None:
+    """Give each of `processes` torch processes on this host its share of the cores, unless the user set
+    OMP_NUM_THREADS. torch would take a thread per core in each: N times more threads than cores, whose
+    spin-waits a busy CPU punishes far beyond 1/N."""
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
 
 
 def this_process() -> str:
