@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: repro test test-fast venv clean-outputs profile
+.PHONY: repro repair test test-fast venv clean-outputs profile
 
 venv: $(STAMP)
 
@@ -14,8 +14,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-repro: $(STAMP)
+# repair first: a kill while DVC rewrote dvc.lock (or .dvc/tmp/rwlock) leaves a file DVC refuses to start from
+repro: repair
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+repair: $(STAMP)
+	$(BIN)/python -m distillery.core.dvc_state
 
 # A whole recipe at once: make profile NAME=photos-small SET="data.path=/my/photos" (profiles/*.yaml)
 profile: $(STAMP)

@@ -81,6 +81,25 @@ CASES = [
     ("a best.json cut short", "final", None, ("sweeps/none/best.json", b'{"arm": "none", '), "best.json"),
     ("a best.json from another arm", "final", None, ("sweeps/none/best.json", None), "best.json"),
     ("a teacher model that is a text file", "sweep_kd", None, ("models/teacher.pt", b"not a model\n"), "teacher.pt"),
+    # Keys no stage lists: under DVC only the report stage (it tracks the whole file) reruns, and refuses them.
+    ("a key that does not exist", "report", lambda t: t + "definitely_not_a_key: 1\n", None,
+     "unknown key 'definitely_not_a_key'"),
+    ("a misspelt top-level key", "report", replace("seed: 0 ", "sead: 0 "), None, "did you mean 'seed'?"),
+    ("a misspelt key in a section no stage lists", "report", replace("  experiment: distillery", "  experimnt: x"),
+     None, "did you mean 'tracking.experiment'?"),
+    ("a key in the wrong section that no stage reads", "report", replace("  experiment: distillery",
+     "  experiment: distillery\n  dpi: 80"), None, "unknown key 'tracking.dpi'"),
+    ("a key with a trailing space", "report", replace("seed: 0 ", '"seed ": 0 '), None,
+     "unknown key 'seed ', which holds a blank"),
+    ("a key with a pasted no-break space", "report", replace("seed: 0 ", "seed\u00a0: 0 "), None,
+     "'seed\\xa0', which holds a blank or an invisible character (did you mean 'seed'?)"),
+    ("a list where the sections belong", "report", lambda t: "- seed: 0\n- data: {}\n", None,
+     "must be a mapping of sections"),
+    ("a file of comments only", "report", lambda t: "".join(l for l in t.splitlines(True) if l.startswith("#")),
+     None, "is empty or only comments"),
+    ("an empty file", "report", lambda t: "", None, "params.yaml is empty"),
+    ("a section that is a list", "report", replace("report:\n", "report:\n  - dpi: 80\nreport_old:\n"), None,
+     "report="),
 ]
 
 
@@ -102,7 +121,7 @@ def test_a_hurried_users_mistake_ends_in_one_line(prepared, tmp_path, monkeypatc
                                               "drop_path": 0.0}}).encode()
         (home / rel).write_bytes(content)
     module, argv = {"prepare": ("prepare", []), "teacher": ("teacher", []), "final": ("final", ["--arm", "none"]),
-                    "sweep_kd": ("sweep", ["--arm", "soft"])}[stage]
+                    "sweep_kd": ("sweep", ["--arm", "soft"]), "report": ("report", [])}[stage]
     loaded = stage_module(module)
     rc = run_stage(module, loaded.body, getattr(loaded, "add_args", None), argv=argv)
     err = capsys.readouterr().err

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import pytest
 import yaml
-from conftest import copy_project, project_env, run_ok, running_runs
+from conftest import ROOT, copy_project, project_env, run_ok, running_runs
 
 pytestmark = pytest.mark.slow
 
@@ -32,6 +32,10 @@ TINY = {
     "final.seeds": [1, 2],
     "evaluate.throughput_repeats": 1,
 }
+
+
+# What `make repro` runs: repair DVC's files after a kill inside its own bookkeeping, then dvc repro.
+MAKE_REPRO = ["sh", "-c", "python -m distillery.core.dvc_state && exec dvc repro"]
 
 
 class Reproduced(NamedTuple):
@@ -72,7 +76,7 @@ class Kill(NamedTuple):
 
 
 def repro_timeline(dest: Path, env: dict, kill: Kill | None = None) -> tuple[str, dict]:
-    """`dvc repro` with the moment each stage starts (seconds) and the epochs trained before it
+    """What `make repro` runs, with the moment each stage starts (seconds) and the epochs trained before it
     (lines of env's DISTILLERY_EPOCH_LOG). With `kill`: SIGKILL the whole process group at that point,
     and return what it had printed."""
     path = dest.parent / f"repro-{time.time_ns()}.log"
@@ -82,7 +86,7 @@ def repro_timeline(dest: Path, env: dict, kill: Kill | None = None) -> tuple[str
         return len(epoch_log.read_text().splitlines()) if epoch_log and epoch_log.exists() else 0
 
     with open(path, "w") as out:
-        proc = subprocess.Popen(["dvc", "repro"], cwd=dest, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=out,
+        proc = subprocess.Popen(MAKE_REPRO, cwd=dest, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     t0, starts, armed_at = time.monotonic(), {}, None
     while True:
@@ -125,6 +129,17 @@ def comparable_outputs(dest: Path) -> dict:
             data = "\n".join(",".join(row[i] for i in keep) for row in rows)
         out[rel] = data
     return out
+
+
+def lock_without_timings(lock: bytes) -> dict:
+    """dvc.lock as data, without the hashes of the files a rerun times afresh (NOT_COMPARED, and the
+    report, which quotes the throughputs)."""
+    data = yaml.safe_load(lock)
+    for stage in data["stages"].values():
+        for entry in (*stage.get("deps", ()), *stage.get("outs", ())):
+            if entry["path"] in (*NOT_COMPARED, "reports/report.md"):
+                entry.pop("md5"), entry.pop("size")
+    return data
 
 
 def ran(log):
@@ -258,7 +273,20 @@ def test_killed_anywhere_it_ends_byte_identical_and_redoes_at_most_one_epoch_per
     run, and a kill timed in seconds then landed in the next stage (CI, with two test workers). Teacher,
     sweep and final kills come after epoch 1..E-1 of the stage's E, plus up to 0.5 s: inside the stage
     for sure, at times while it writes a checkpoint. The distilled arms' kills come after the stage's last epoch,
-    while it writes its outputs or DVC stores them. Stages without epochs: a fraction of their time."""
+    while it writes its outputs or DVC stores them. Stages without epochs: a fraction of their time.
+
+    Where such a moment can land, and why none of them can fail this test (none is excluded):
+    - in a stage's process: every file it writes is renamed into place whole (core/files.py), training
+      resumes from the checkpoint of the last epoch, finished runs are restored from checkpoints/finished/,
+      and the next stage marks the killed MLflow runs KILLED;
+    - in DVC between stages (hashing, storing outputs in its cache and run cache, which it renames into
+      place): the next DVC redoes what it did not record;
+    - in DVC's in-place rewrite of dvc.lock or .dvc/tmp/rwlock: the repair step of `make repro`, which
+      this test runs before each rerun, restores the lock copy of the last stage's start or removes the
+      rwlock (core/dvc_state.py); a lock cut where DVC still reads it reruns the stages it lacks, which
+      restore their finished work; test_a_lock_cut_short_... makes each of these cuts on purpose;
+    - in DVC appending to a .gitignore: it appends the entry again on a line of its own;
+    - in the repair step itself: the lock it restores is renamed into place whole."""
     rng = random.Random(20261126)
 
     def moment(kind, stage):
@@ -351,3 +379,82 @@ def test_a_teacher_setting_leaves_the_no_teacher_arms_alone(repo):
 
 def test_a_student_setting_reruns_every_arm_but_not_the_teacher(repo):
     assert could_rerun(repo.dest, repo.env, "student.depth", 3) == set(STAGES) - {"prepare", "teacher"}
+
+
+def test_a_lock_cut_short_anywhere_is_recovered_without_an_epoch(repo, tmp_path, record_property):
+    """What a kill inside DVC's in-place rewrite of dvc.lock leaves (a prefix of the new lock), made without
+    timing luck: the lock cut at offsets of every kind DVC meets (empty, refused as YAML, refused by its
+    schema, and read as a shorter lock, at a line's end and inside a hash), then what `make repro` runs. Every
+    result file must equal the uninterrupted run's, no epoch is trained, and the lock comes back whole."""
+    from distillery.core.dvc_state import lock_problem
+
+    dest, whole = repo.dest, (repo.dest / "dvc.lock").read_bytes()
+
+    def kind(offset):
+        (tmp_path / "cut.lock").write_bytes(whole[:offset])
+        problem = lock_problem(tmp_path / "cut.lock")
+        return ("empty" if offset == 0 else "yaml" if "corrupted" in problem else "schema") if problem else "read"
+
+    last_training = max(m.start() for m in re.finditer(rb"^  (final|sweep|teacher)[^:\n]*:$", whole, re.M))
+    cuts = {"empty": 0, "read, at a line's end": last_training}
+    complete = yaml.safe_load(whole)
+    for offset in range(len(whole) - 1, 0, -1):  # the other kinds, as near the end as they come
+        found = kind(offset)
+        if found == "read" and yaml.safe_load(whole[:offset]) == complete:
+            continue  # only the final newline (or blanks) cut: the same lock, nothing to recover
+        name = {"read": "read, inside a hash"}.get(found, found)
+        if name not in cuts and found != "empty":
+            cuts[name] = offset
+        if len(cuts) == 5:
+            break
+    assert set(cuts) == {"empty", "yaml", "schema", "read, at a line's end", "read, inside a hash"}, cuts
+    assert kind(cuts["read, at a line's end"]) == "read"
+
+    readme = (ROOT / "README.md").read_text()
+    for refused in ("yaml", "schema"):  # what a bare `dvc repro` says is a row of the README's table
+        (dest / "dvc.lock").write_bytes(whole[:cuts[refused]])
+        bare = subprocess.run(["dvc", "repro"], cwd=dest, env=repo.env, capture_output=True, text=True)
+        said = next(line for line in (bare.stdout + bare.stderr).splitlines() if "dvc.lock" in line)
+        assert bare.returncode != 0 and ran(bare.stdout) == set(), bare.stdout
+        assert f"`{said.strip().rstrip('.')}`" in readme and "`make repair`" in readme, said
+
+    rows = []  # a rerun of evaluate times it afresh: the cut that may cause one comes last
+    for name in ("empty", "yaml", "schema", "read, inside a hash", "read, at a line's end"):
+        offset = cuts[name]
+        epochs = tmp_path / f"epochs-{offset}.log"
+        (dest / "dvc.lock").write_bytes(whole[:offset])
+        log = run_ok(MAKE_REPRO, dest, {**repo.env, "DISTILLERY_EPOCH_LOG": str(epochs)})
+        repaired = [line for line in log.splitlines() if line.startswith("distillery repair:")]
+        rows.append(f"   | {name} | byte {offset} of {len(whole)} | reran {sorted(ran(log))} | "
+                    f"{repaired[0][:70] if repaired else 'nothing to repair'}")
+        assert not epochs.exists(), (name, epochs.read_text())
+        assert comparable_outputs(dest) == repo.snapshot, name
+        assert lock_without_timings((dest / "dvc.lock").read_bytes()) == lock_without_timings(whole), name
+        if name in ("empty", "yaml", "schema"):
+            assert len(repaired) == 1 and "dvc.lock.torn" in repaired[0], (name, log)
+            assert (dest / "dvc.lock.torn").read_bytes() == whole[:offset]
+        else:
+            assert repaired == [], (name, log)
+    record_property("shown_in_summary", "\n".join(["dvc.lock cut short (kind | where | stages rerun | repair):",
+                                                   *rows]))
+
+
+def test_a_typo_anywhere_in_params_stops_dvc_repro_in_one_line(repo):
+    """A key no stage lists still reaches the schema: the report stage tracks the whole params file."""
+    dest, env = repo.dest, repo.env
+    path = dest / "params.yaml"
+    original = path.read_text()
+    try:
+        for typo, named in ((original + "definitely_not_a_key: 1\n", "unknown key 'definitely_not_a_key'"),
+                            (original.replace("experiment: distillery", "experimnt: distillery"),
+                             "did you mean 'tracking.experiment'?")):
+            path.write_text(typo)
+            proc = subprocess.run(["dvc", "repro"], cwd=dest, env=env, capture_output=True, text=True)
+            out = proc.stdout + proc.stderr
+            ours = [line for line in out.splitlines() if line.startswith("distillery ")]
+            assert proc.returncode != 0 and ran(out) == {"report"}, out[-2000:]
+            assert len(ours) == 1 and ours[0].startswith("distillery report: error:") and named in ours[0], out
+            assert "Traceback" not in out
+    finally:
+        path.write_text(original)
+        run_ok(["dvc", "repro"], dest, env)  # DVC removed the failed stage's outputs: put them back

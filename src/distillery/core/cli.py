@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .config import Params, load_params
+from .dvc_state import keep_good_lock
 from .errors import DistilleryError
 from .processes import share_cores
 from .paths import Layout
@@ -83,6 +84,8 @@ def run_stage(name: str, body: Callable[[StageContext], str], add_args: Callable
     started = time.perf_counter()
     try:
         layout = Layout.from_env()
+        if _world()[0] == 0:
+            keep_good_lock(layout.root)  # DVC wrote dvc.lock whole before this stage: what a kill mid-rewrite needs
         params = load_params(args.params or layout.params)
         processes = nproc(params) if nproc is not None else 1
         if processes > 1 and "WORLD_SIZE" not in os.environ:

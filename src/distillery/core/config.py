@@ -395,7 +395,11 @@ def _format_error(err: dict[str, Any]) -> str:
         hint = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
         allowed = ", ".join(sorted(c[len(parent):] for c in candidates))
         suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
-        return f"unknown key '{key}'{suggestion}; allowed here: {allowed}"
+        name = key.rsplit(".", 1)[-1]
+        # a trailing space or a pasted no-break space looks like the right key: escape it and say so
+        blank = "" if name == name.strip() and name.isascii() and name.isprintable() else \
+            ", which holds a blank or an invisible character"
+        return f"unknown key '{ascii(key)[1:-1]}'{blank}{suggestion}; allowed here: {allowed}"
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "value_error" and not key:
         return msg  # model-level checks already name their keys
@@ -440,6 +444,10 @@ def load_params(path: str | Path) -> Params:
         raise ConfigError(f"{path} is not valid YAML: {exc}".replace("\n", " ")) from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not a text file (a params file is YAML); check --params") from None
-    if raw is not None and not isinstance(raw, dict):
-        raise ConfigError(f"{path} must be a mapping of sections, got {type(raw).__name__}")
+    if raw is None:  # DVC refuses it too (no `arms` for dvc.yaml): an emptied file, not a wish for defaults
+        raise ConfigError(f"{path} is empty or only comments; allowed: the sections of the shipped params.yaml "
+                          "(git checkout params.yaml restores it)")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must be a mapping of sections (seed, data, train, ...), got a "
+                          f"{type(raw).__name__}")
     return parse_params(raw)
