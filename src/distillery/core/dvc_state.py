@@ -18,6 +18,7 @@ finished work the same way.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import sys
@@ -51,9 +52,10 @@ def lock_problem(path: Path) -> str | None:
 
 
 def keep_good_lock(root: Path) -> None:
-    """Copy dvc.lock to checkpoints/ when DVC can read it (a stage calls this as it starts)."""
+    """Copy dvc.lock to checkpoints/ when DVC can read it (a stage calls this as it starts); on a host
+    without DVC (a remote sweep worker) nothing can be judged, and no DVC there writes the lock."""
     lock = root / LOCK
-    if not lock.exists() or lock_problem(lock) is not None:
+    if not lock.exists() or importlib.util.find_spec("dvc") is None or lock_problem(lock) is not None:
         return
     with atomic_path(root / GOOD_COPY) as tmp:
         shutil.copyfile(lock, tmp)
