@@ -171,6 +171,34 @@ def checkpoint_fingerprint(path: Path) -> str | None:
     return state.get("fingerprint") if state else None
 
 
+@dataclass
+class _Run:
+    """What one training run carries from epoch to epoch: built by _set_up, advanced by _train_epoch."""
+
+    net: nn.Module
+    model: nn.Module  # net, or its DistributedDataParallel wrapper
+    data: Prepared
+    recipe: Recipe
+    device: torch.device
+    ranks: Ranks
+    desc: str
+    batch_size: int
+    normalizer: Normalizer
+    views: ViewStream
+    optimizer: Any
+    scheduler: Any
+    images: Any  # batches.batch_source: the training split on the device, or streamed
+    y_train: torch.Tensor
+    fingerprint: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+    start_epoch: int = 0
+    teacher_logits_of: Any = None  # teacher_cache.open_teacher_logits, for the distilled arms
+
+    @property
+    def steps(self) -> int:
+        return self.views.steps  # the ragged last batch is dropped: Mixup needs even batches
+
+
 def fit(net: nn.Module, data: Prepared, recipe: Recipe, *, teacher: nn.Module | None = None,
         callbacks: list[EpochCallback] = (), checkpoint: Path | None = None, desc: str = "train",
         fingerprint_extra: dict[str, Any] | None = None, progress: bool = True,
@@ -185,15 +213,74 @@ def fit(net: nn.Module, data: Prepared, recipe: Recipe, *, teacher: nn.Module | 
     a killed one reports them to its new Optuna trial and MLflow run).
     With DISTILLERY_EPOCH_LOG set, each trained epoch appends a line to that file: how much work a run
     and its resumptions really did (the chaos test sums it)."""
+    ranks = ranks or Ranks.from_env()
+    run = _set_up(net, data, recipe, teacher, ranks, desc, fingerprint_extra)
+    _resume(run, checkpoint)
+    if ranks.world > 1:
+        teacher_cache = None  # each rank sees its slice of the view: the teacher runs live on it
+        run.model = _distributed(net, run.device)
+    if recipe.loss.needs_teacher:
+        run.teacher_logits_of = _teacher_logits(run, teacher, teacher_cache, fingerprint_extra or {})
+    for record in run.history if (replay and ranks.main) else ():
+        for cb in callbacks:
+            cb(record)
+    epoch_log = os.environ.get("DISTILLERY_EPOCH_LOG")
+    bar = tqdm(range(run.start_epoch, recipe.epochs), desc=desc, unit="ep", disable=not (progress and ranks.main),
+               dynamic_ncols=True, initial=run.start_epoch, total=recipe.epochs)
+    for epoch in bar:
+        record = _train_epoch(run, epoch, forbid_host_sync)
+        run.history.append(record)
+        bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_acc=f"{record['val_acc']:.3f}")
+        if checkpoint is not None and ranks.main:  # one writer; the others wait for the file
+            _save_checkpoint(checkpoint, net, run.optimizer, run.scheduler, run.history, epoch, run.fingerprint)
+        if epoch_log and ranks.main:
+            with open(epoch_log, "a") as fh:  # one short append: whole lines even when killed
+                fh.write(f"{desc}\t{epoch + 1}\n")
+        barrier(ranks)
+        for cb in callbacks if ranks.main else ():
+            cb(record)
+    bar.close()
+    return run.history
+
+
+def _set_up(net: nn.Module, data: Prepared, recipe: Recipe, teacher: nn.Module | None, ranks: Ranks, desc: str,
+            fingerprint_extra: dict[str, Any] | None) -> _Run:
+    """Place the models, seed them, and build the views, optimizer and schedule of a fresh run."""
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
 
+    device = _place(net, teacher, recipe, ranks, desc)
+    batch_size = _batch_size(len(data.splits["train"].y), recipe, ranks, desc)
+    normalizer = Normalizer(data.mean, data.std, device, data.image_size)
+    augment = BatchAugment(recipe.augment, data.num_classes, recipe.train.label_smoothing, normalizer, device,
+                           recipe.mixing, data.storage_size)
+    views = ViewStream(recipe.view_seed, len(data.splits["train"].y), batch_size, augment, device,
+                       ranks.part(batch_size))
+    # torch's fused Adam/AdamW kernel (CPU and CUDA): one kernel instead of a Python loop over parameters,
+    # 4x faster than the default on this CPU (benchmarks/bench_optimizer.py).
+    opt_kwargs = {"fused": True} if recipe.train.optimizer in ("adamw", "adam") else {}
+    optimizer = create_optimizer_v2(net, opt=recipe.train.optimizer, lr=recipe.lr, weight_decay=recipe.weight_decay,
+                                    **opt_kwargs)
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched="cosine", num_epochs=recipe.epochs, warmup_epochs=min(recipe.train.warmup_epochs, recipe.epochs - 1),
+        min_lr=recipe.train.min_lr, warmup_lr=recipe.lr * 0.01, step_on_epochs=False, updates_per_epoch=views.steps,
+    )
+    train = data.splits["train"]
+    images = batch_source(train.x, device, recipe.train, desc)
+    y_train = torch.as_tensor(train.y).to(device)
+    if recipe.train.compile:
+        net.compile()  # in place: the state dict keeps its keys, so checkpoints stay loadable uncompiled
+    return _Run(net, net, data, recipe, device, ranks, desc, batch_size, normalizer, views, optimizer, scheduler,
+                images, y_train, recipe.fingerprint(fingerprint_extra))
+
+
+def _place(net: nn.Module, teacher: nn.Module | None, recipe: Recipe, ranks: Ranks, desc: str) -> torch.device:
+    """Check the arm's use of the teacher, pick this process's device, seed, and move both models there."""
     loss_fn = recipe.loss
     if loss_fn.needs_teacher and teacher is None:
         raise TrainingError(f"loss '{loss_fn.kind}' needs a teacher model")
     if teacher is not None and not loss_fn.needs_teacher:
         raise TrainingError(f"loss '{loss_fn.kind}' must not see a teacher (it is a no-teacher arm)")
-    ranks = ranks or Ranks.from_env()
     device = resolve_device(recipe.train.device)
     if device.type == "cuda" and ranks.world > 1:
         if ranks.local_rank >= torch.cuda.device_count():
@@ -212,145 +299,118 @@ def fit(net: nn.Module, data: Prepared, recipe: Recipe, *, teacher: nn.Module | 
             teacher.to(memory_format=torch.channels_last)
         for p in teacher.parameters():
             p.requires_grad_(False)
+    return device
 
-    train = data.splits["train"]
-    n = len(train.y)
+
+def _batch_size(n: int, recipe: Recipe, ranks: Ranks, desc: str) -> int:
     batch_size = min(recipe.train.batch_size, n)
     if recipe.mixing > 0 and batch_size == n and n % 2:
         batch_size -= 1  # fewer (odd) training images than a batch: keep mixing possible, drop one per epoch
     if recipe.mixing > 0 and batch_size % 2:
         raise TrainingError(f"{desc}: batch of {batch_size} images is odd and Mixup/CutMix pairs images within a "
                             "batch; set an even train.batch_size")
-    normalizer = Normalizer(data.mean, data.std, device, data.image_size)
-    augment = BatchAugment(recipe.augment, data.num_classes, recipe.train.label_smoothing, normalizer, device,
-                           recipe.mixing, data.storage_size)
     if batch_size % ranks.world:
         raise TrainingError(f"{desc}: a batch of {batch_size} images cannot be split evenly over {ranks.world} "
                             "processes; set train.batch_size to a multiple of the process count")
-    views = ViewStream(recipe.view_seed, n, batch_size, augment, device, ranks.part(batch_size))
-    steps_per_epoch = views.steps  # the ragged last batch is dropped: Mixup needs even batches
-    # torch's fused Adam/AdamW kernel (CPU and CUDA): one kernel instead of a Python loop over parameters,
-    # 4x faster than the default on this CPU (benchmarks/bench_optimizer.py).
-    opt_kwargs = {"fused": True} if recipe.train.optimizer in ("adamw", "adam") else {}
-    optimizer = create_optimizer_v2(net, opt=recipe.train.optimizer, lr=recipe.lr, weight_decay=recipe.weight_decay,
-                                    **opt_kwargs)
-    scheduler, _ = create_scheduler_v2(
-        optimizer, sched="cosine", num_epochs=recipe.epochs, warmup_epochs=min(recipe.train.warmup_epochs, recipe.epochs - 1),
-        min_lr=recipe.train.min_lr, warmup_lr=recipe.lr * 0.01, step_on_epochs=False, updates_per_epoch=steps_per_epoch,
-    )
-    images = batch_source(train.x, device, recipe.train, desc)
-    y_train = torch.as_tensor(train.y).to(device)
-    if recipe.train.compile:
-        net.compile()  # in place: the state dict keeps its keys, so checkpoints stay loadable uncompiled
+    return batch_size
 
-    fingerprint = recipe.fingerprint(fingerprint_extra)
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    # An absent, unreadable or foreign checkpoint has no matching fingerprint: the run starts afresh.
-    # On the CPU: torch.set_rng_state takes CPU tensors only; load_state_dict moves weights and moments to the device.
+
+def _resume(run: _Run, checkpoint: Path | None) -> None:
+    """Continue from `checkpoint` when it was written by this very run (same fingerprint).
+
+    An absent, unreadable or foreign checkpoint has no matching fingerprint: the run starts afresh.
+    On the CPU: torch.set_rng_state takes CPU tensors only; load_state_dict moves weights and moments to the device."""
     state = _read_checkpoint(checkpoint)
-    if state is not None and state.get("fingerprint") == fingerprint:
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
-        history = state["history"]
-        start_epoch = state["epoch"] + 1
-        if start_epoch < recipe.epochs:
-            print(f"{desc}: resuming from {checkpoint} at epoch {start_epoch + 1}/{recipe.epochs}")
+    if state is None or state.get("fingerprint") != run.fingerprint:
+        return
+    run.net.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    _set_rng_state(state["rng"])
+    run.history = state["history"]
+    run.start_epoch = state["epoch"] + 1
+    if run.start_epoch < run.recipe.epochs:
+        print(f"{run.desc}: resuming from {checkpoint} at epoch {run.start_epoch + 1}/{run.recipe.epochs}")
 
-    del state  # the optimizer's moments: not kept alive for the whole run
-    teacher_logits_of = None
-    model = net
-    if ranks.world > 1:
-        from torch.nn.parallel import DistributedDataParallel
 
-        teacher_cache = None  # each rank sees its slice of the view: the teacher runs live on it
+def _distributed(net: nn.Module, device: torch.device) -> nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
 
-        # A one-channel patch embedding has a size-1 dimension whose stride autograd and DDP's buckets
-        # record differently: the same memory, so torch's "may impair performance" warning is noise.
-        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-        model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    if loss_fn.needs_teacher:
-        known = fingerprint_extra or {}  # runs.run_identity's digests: hashing data and teacher again per trial is waste
-        key = stream_key(known.get("teacher") or state_digest(teacher), known.get("data") or data.fingerprint(),
-                         recipe.augment, recipe.mixing, batch_size, recipe.view_seed, device)
-        local_batch = batch_size // ranks.world
-        teacher_logits_of = open_teacher_logits(teacher, device, (steps_per_epoch, local_batch, data.num_classes),
-                                                range(start_epoch, recipe.epochs), teacher_cache, key, desc)
-    for record in history if (replay and ranks.main) else ():
-        for cb in callbacks:
-            cb(record)
-    epoch_log = os.environ.get("DISTILLERY_EPOCH_LOG")
-    bar = tqdm(range(start_epoch, recipe.epochs), desc=desc, unit="ep", disable=not (progress and ranks.main),
-               dynamic_ncols=True,
-               initial=start_epoch, total=recipe.epochs)
-    for epoch in bar:
-        t0 = time.perf_counter()
-        net.train()
-        from_cache = teacher_logits_of.begin_epoch(epoch) if teacher_logits_of is not None else False
-        loss_sum = torch.zeros((), device=device)
-        parts_sum: dict[str, torch.Tensor] = {}
-        correct = torch.zeros((), device=device)
-        batches = views.epoch(epoch, images, y_train)
-        # closing() ends the sync check even when a step raises (a suspended generator would keep it on)
-        with contextlib.closing(_steps_without_sync(batches, device, forbid_host_sync)) as steps:
-            for step, (x, target) in enumerate(steps):
-                teacher_logits = teacher_logits_of(step, x) if teacher_logits_of is not None else None
-                with _autocast(device):
-                    outputs = model(x)
-                outputs = tuple(o.float() for o in outputs) if isinstance(outputs, tuple) else outputs.float()
-                parts = loss_fn(outputs, target, teacher_logits)
-                loss = parts["loss"]
-                # A CPU check costs nothing; on GPU it would sync every step, so check once per epoch there.
-                if device.type == "cpu" and not torch.isfinite(loss):
-                    raise TrainingError(f"{desc}: loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                                        "lower the learning rate or enable train.grad_clip")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if recipe.train.grad_clip:
-                    nn.utils.clip_grad_norm_(net.parameters(), recipe.train.grad_clip)
-                optimizer.step()
-                scheduler.step_update(epoch * steps_per_epoch + step + 1)
-                loss_sum += loss.detach()
-                for k, v in parts.items():
-                    parts_sum[k] = parts_sum.get(k, 0) + v.detach()
-                z_c = outputs[0] if isinstance(outputs, tuple) else outputs
-                correct += (z_c.argmax(1) == target.argmax(1)).sum()
-        scheduler.step(epoch + 1)
-        if teacher_logits_of is not None:
-            teacher_logits_of.end_epoch()
-        if ranks.world > 1:  # every rank trained on its slice: sum, then the mean of equal slices
-            loss_sum = all_sum(loss_sum, ranks) / ranks.world
-            correct = all_sum(correct, ranks)
-            parts_sum = {k: all_sum(torch.as_tensor(v, device=device), ranks) / ranks.world for k, v in parts_sum.items()}
-        train_loss = float(loss_sum) / steps_per_epoch
-        if not math.isfinite(train_loss):
-            raise TrainingError(f"{desc}: loss became {train_loss} in epoch {epoch + 1}; lower the learning rate "
-                                "or enable train.grad_clip")
-        record: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "train_loss": train_loss,
-            "train_acc": float(correct) / (steps_per_epoch * batch_size),
-            **{f"train_{k}": float(v) / steps_per_epoch for k, v in parts_sum.items() if k != "loss"},
-            **_val_metrics(net, data, normalizer, recipe.train.eval_batch_size, device),
-            "lr": optimizer.param_groups[0]["lr"],
-            "epoch_seconds": time.perf_counter() - t0,
-        }
-        if teacher_logits_of is not None:
-            record["teacher_from_cache"] = float(from_cache)
-        history.append(record)
-        bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{record['val_acc']:.3f}")
-        if checkpoint is not None and ranks.main:  # one writer; the others wait for the file
-            _save_checkpoint(checkpoint, net, optimizer, scheduler, history, epoch, fingerprint)
-        if epoch_log and ranks.main:
-            with open(epoch_log, "a") as fh:  # one short append: whole lines even when killed
-                fh.write(f"{desc}\t{epoch + 1}\n")
-        barrier(ranks)
-        for cb in callbacks if ranks.main else ():
-            cb(record)
-    bar.close()
-    return history
+    # A one-channel patch embedding has a size-1 dimension whose stride autograd and DDP's buckets
+    # record differently: the same memory, so torch's "may impair performance" warning is noise.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    return DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _teacher_logits(run: _Run, teacher: nn.Module, teacher_cache: TeacherCache | None, known: dict[str, Any]):
+    """The teacher's logits for each step of the epochs still to train: replayed from the cache or live.
+    `known`: runs.run_identity's digests (hashing data and teacher again per trial is waste)."""
+    key = stream_key(known.get("teacher") or state_digest(teacher), known.get("data") or run.data.fingerprint(),
+                     run.recipe.augment, run.recipe.mixing, run.batch_size, run.recipe.view_seed, run.device)
+    shape = (run.steps, run.batch_size // run.ranks.world, run.data.num_classes)
+    return open_teacher_logits(teacher, run.device, shape, range(run.start_epoch, run.recipe.epochs), teacher_cache,
+                               key, run.desc)
+
+
+def _train_epoch(run: _Run, epoch: int, forbid_host_sync: bool) -> dict[str, Any]:
+    """One pass over the epoch's views, then validation: the epoch's history record."""
+    t0 = time.perf_counter()
+    run.net.train()
+    from_cache = run.teacher_logits_of.begin_epoch(epoch) if run.teacher_logits_of is not None else False
+    sums: dict[str, torch.Tensor] = {"loss": torch.zeros((), device=run.device)}
+    correct = torch.zeros((), device=run.device)
+    batches = run.views.epoch(epoch, run.images, run.y_train)
+    # closing() ends the sync check even when a step raises (a suspended generator would keep it on)
+    with contextlib.closing(_steps_without_sync(batches, run.device, forbid_host_sync)) as steps:
+        for step, (x, target) in enumerate(steps):
+            correct += _train_step(run, epoch, step, x, target, sums)
+    run.scheduler.step(epoch + 1)
+    if run.teacher_logits_of is not None:
+        run.teacher_logits_of.end_epoch()
+    if run.ranks.world > 1:  # every rank trained on its slice: sum, then the mean of equal slices
+        correct = all_sum(correct, run.ranks)
+        sums = {k: all_sum(torch.as_tensor(v, device=run.device), run.ranks) / run.ranks.world for k, v in sums.items()}
+    train_loss = float(sums["loss"]) / run.steps
+    if not math.isfinite(train_loss):
+        raise TrainingError(f"{run.desc}: loss became {train_loss} in epoch {epoch + 1}; lower the learning rate "
+                            "or enable train.grad_clip")
+    record: dict[str, Any] = {
+        "epoch": epoch + 1,
+        "train_loss": train_loss,
+        "train_acc": float(correct) / (run.steps * run.batch_size),
+        **{f"train_{k}": float(v) / run.steps for k, v in sums.items() if k != "loss"},
+        **_val_metrics(run.net, run.data, run.normalizer, run.recipe.train.eval_batch_size, run.device),
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "epoch_seconds": time.perf_counter() - t0,
+    }
+    if run.teacher_logits_of is not None:
+        record["teacher_from_cache"] = float(from_cache)
+    return record
+
+
+def _train_step(run: _Run, epoch: int, step: int, x: torch.Tensor, target: torch.Tensor,
+                sums: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One optimizer step; adds the loss parts to `sums` and returns the class head's correct count."""
+    teacher_logits = run.teacher_logits_of(step, x) if run.teacher_logits_of is not None else None
+    with _autocast(run.device):
+        outputs = run.model(x)
+    outputs = tuple(o.float() for o in outputs) if isinstance(outputs, tuple) else outputs.float()
+    parts = run.recipe.loss(outputs, target, teacher_logits)
+    loss = parts["loss"]
+    # A CPU check costs nothing; on GPU it would sync every step, so check once per epoch there.
+    if run.device.type == "cpu" and not torch.isfinite(loss):
+        raise TrainingError(f"{run.desc}: loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                            "lower the learning rate or enable train.grad_clip")
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if run.recipe.train.grad_clip:
+        nn.utils.clip_grad_norm_(run.net.parameters(), run.recipe.train.grad_clip)
+    run.optimizer.step()
+    run.scheduler.step_update(epoch * run.steps + step + 1)
+    for k, v in parts.items():
+        sums[k] = sums.get(k, 0) + v.detach()
+    z_c = outputs[0] if isinstance(outputs, tuple) else outputs
+    return (z_c.argmax(1) == target.argmax(1)).sum()
 
 
 def _save_checkpoint(path: Path, net, optimizer, scheduler, history, epoch, fingerprint) -> None:
