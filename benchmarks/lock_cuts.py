@@ -1,5 +1,5 @@
 """What a kill inside DVC's in-place rewrite of dvc.lock leaves, by kind: cut the lock at every STEP-th byte
-and ask DVC's own loader and schema (core/dvc_state.py: lock_problem) whether it would start from it.
+and ask DVC's own loader and schema (core/dvc_state.py: cut_kind) whether it would start from it.
 
     python benchmarks/lock_cuts.py [dvc.lock] [--step 211]
 
@@ -14,15 +14,15 @@ import collections
 import tempfile
 from pathlib import Path
 
-from distillery.core.dvc_state import lock_problem
+from distillery.core.dvc_state import cut_kind
+
+
+KINDS = {"read": "read by DVC as a shorter lock", "yaml": "refused as YAML", "schema": "refused by DVC's schema"}
 
 
 def kind_of(cut: bytes, scratch: Path) -> str:
     scratch.write_bytes(cut)
-    problem = lock_problem(scratch)
-    if problem is None:
-        return "read by DVC as a shorter lock"
-    return "refused as YAML" if "corrupted" in problem else "refused by DVC's schema"
+    return KINDS[cut_kind(scratch)]
 
 
 def main() -> None:

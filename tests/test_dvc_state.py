@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from distillery.core.dvc_state import GOOD_COPY, TORN, keep_good_lock, lock_problem, main, repair
+from distillery.core.dvc_state import GOOD_COPY, TORN, cut_kind, keep_good_lock, lock_problem, main, repair
 
 ROOT = Path(__file__).resolve().parents[1]
 WHOLE = (ROOT / "dvc.lock").read_bytes()  # a lock DVC wrote
@@ -26,8 +26,7 @@ def cut_at(kind: str) -> int:
     """The offset nearest the end whose prefix DVC refuses as `kind` (YAML or schema)."""
     for offset in range(len(WHOLE) - 1, 0, -1):
         Path("probe.lock").write_bytes(WHOLE[:offset])
-        problem = lock_problem(Path("probe.lock"))
-        if problem and (("corrupted" in problem) == (kind == "yaml")):
+        if cut_kind(Path("probe.lock")) == kind:
             return offset
     raise AssertionError(kind)
 

@@ -386,14 +386,14 @@ def test_a_lock_cut_short_anywhere_is_recovered_without_an_epoch(repo, tmp_path,
     timing luck: the lock cut at offsets of every kind DVC meets (empty, refused as YAML, refused by its
     schema, and read as a shorter lock, at a line's end and inside a hash), then what `make repro` runs. Every
     result file must equal the uninterrupted run's, no epoch is trained, and the lock comes back whole."""
-    from distillery.core.dvc_state import lock_problem
+    from distillery.core.dvc_state import cut_kind
 
     dest, whole = repo.dest, (repo.dest / "dvc.lock").read_bytes()
 
     def kind(offset):
         (tmp_path / "cut.lock").write_bytes(whole[:offset])
-        problem = lock_problem(tmp_path / "cut.lock")
-        return ("empty" if offset == 0 else "yaml" if "corrupted" in problem else "schema") if problem else "read"
+        found = cut_kind(tmp_path / "cut.lock")
+        return "empty" if offset == 0 and found != "read" else found
 
     last_training = max(m.start() for m in re.finditer(rb"^  (final|sweep|teacher)[^:\n]*:$", whole, re.M))
     cuts = {"empty": 0, "read, at a line's end": last_training}

@@ -32,30 +32,46 @@ GOOD_COPY = Path("checkpoints") / "dvc.lock.good"  # ignored by git, removed by 
 TORN = "dvc.lock.torn"
 
 
-def lock_problem(path: Path) -> str | None:
-    """Why DVC would refuse this dvc.lock, in DVC's words; None when DVC reads it or it does not exist.
+def _refusal(path: Path) -> Exception | None:
+    """DVC's own loader and schema judge the lock, so that "readable" here means readable to the `dvc repro`
+    that follows: the exception DVC raises on it, or None when DVC reads it, it does not exist, or DVC is not
+    installed (a remote sweep worker: nothing can be judged there, and no DVC there writes the lock)."""
+    if not _dvc_installed() or not path.exists():
+        return None
+    from dvc.schema import COMPILED_LOCKFILE_SCHEMA
+    from dvc.utils import strictyaml
 
-    DVC's own loader and schema judge it, so that "readable" here means readable to the `dvc repro` that
-    follows. Without DVC (a worker host may lack it) nothing can be judged: None."""
-    if not path.exists():
-        return None
-    try:
-        from dvc.schema import COMPILED_LOCKFILE_SCHEMA
-        from dvc.utils import strictyaml
-    except ImportError:
-        return None
     try:
         strictyaml.load(str(path), COMPILED_LOCKFILE_SCHEMA)
     except Exception as exc:  # YAMLSyntaxError, YAMLValidationError, EncodingError: all mean "refused"
-        return " ".join(str(exc).split()) or type(exc).__name__
+        return exc
     return None
 
 
+def _dvc_installed() -> bool:
+    return importlib.util.find_spec("dvc") is not None
+
+
+def lock_problem(path: Path) -> str | None:
+    """Why DVC would refuse this dvc.lock, in DVC's words; None when it would not (see _refusal)."""
+    exc = _refusal(path)
+    return None if exc is None else (" ".join(str(exc).split()) or type(exc).__name__)
+
+
+def cut_kind(path: Path) -> str:
+    """How DVC takes a lock: "read", or refused as "yaml" or by its "schema" (tests, benchmarks/lock_cuts.py)."""
+    exc = _refusal(path)
+    if exc is None:
+        return "read"
+    from dvc.utils.strictyaml import YAMLSyntaxError
+
+    return "yaml" if isinstance(exc, YAMLSyntaxError) else "schema"
+
+
 def keep_good_lock(root: Path) -> None:
-    """Copy dvc.lock to checkpoints/ when DVC can read it (a stage calls this as it starts); on a host
-    without DVC (a remote sweep worker) nothing can be judged, and no DVC there writes the lock."""
+    """Copy dvc.lock to checkpoints/ when DVC reads it (a stage calls this as it starts); never without DVC."""
     lock = root / LOCK
-    if not lock.exists() or importlib.util.find_spec("dvc") is None or lock_problem(lock) is not None:
+    if not lock.exists() or not _dvc_installed() or _refusal(lock) is not None:
         return
     with atomic_path(root / GOOD_COPY) as tmp:
         shutil.copyfile(lock, tmp)

@@ -250,12 +250,12 @@ def _set_up(net: nn.Module, data: Prepared, recipe: Recipe, teacher: nn.Module |
     from timm.scheduler import create_scheduler_v2
 
     device = _place(net, teacher, recipe, ranks, desc)
-    batch_size = _batch_size(len(data.splits["train"].y), recipe, ranks, desc)
+    train = data.splits["train"]
+    batch_size = _batch_size(len(train.y), recipe, ranks, desc)
     normalizer = Normalizer(data.mean, data.std, device, data.image_size)
     augment = BatchAugment(recipe.augment, data.num_classes, recipe.train.label_smoothing, normalizer, device,
                            recipe.mixing, data.storage_size)
-    views = ViewStream(recipe.view_seed, len(data.splits["train"].y), batch_size, augment, device,
-                       ranks.part(batch_size))
+    views = ViewStream(recipe.view_seed, len(train.y), batch_size, augment, device, ranks.part(batch_size))
     # torch's fused Adam/AdamW kernel (CPU and CUDA): one kernel instead of a Python loop over parameters,
     # 4x faster than the default on this CPU (benchmarks/bench_optimizer.py).
     opt_kwargs = {"fused": True} if recipe.train.optimizer in ("adamw", "adam") else {}
@@ -265,7 +265,6 @@ def _set_up(net: nn.Module, data: Prepared, recipe: Recipe, teacher: nn.Module |
         optimizer, sched="cosine", num_epochs=recipe.epochs, warmup_epochs=min(recipe.train.warmup_epochs, recipe.epochs - 1),
         min_lr=recipe.train.min_lr, warmup_lr=recipe.lr * 0.01, step_on_epochs=False, updates_per_epoch=views.steps,
     )
-    train = data.splits["train"]
     images = batch_source(train.x, device, recipe.train, desc)
     y_train = torch.as_tensor(train.y).to(device)
     if recipe.train.compile:
