@@ -1,5 +1,8 @@
 """Stage final@<arm>: retrain the arm's best configuration once per seed in final.seeds.
 
+The seeds train fused, train.fuse of them per step (fusion.py): each still its own run, model and
+MLflow run, equal to the same seed trained alone up to floating-point summation order.
+
 Writes models/<arm>/seed_<s>.pt, metrics/history/<arm>/seed_<s>.csv and metrics/final/<arm>.json.
 A no-teacher arm never loads the teacher (and its DVC stage does not depend on it).
 """
@@ -16,8 +19,9 @@ from distillery.training.loop import resolve_device
 from distillery.training.machine import machine_info
 from distillery.training.models import check_model_names, load_model
 from distillery.training.plan import final_run, teacher_cache
-from distillery.training.runs import tracked_fit
-from distillery.training.tracking import base_tags, setup_tracking
+from distillery.training.fusion import chunks, forward_flops, group_size
+from distillery.training.runs import Unit, tracked_fit, tracked_fit_group
+from distillery.training.tracking import base_tags, setup_tracking, system_metrics_on
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -39,21 +43,36 @@ def body(ctx: StageContext) -> str:
     if ranks.main:
         setup_tracking(p.tracking, layout)
     cache = teacher_cache(p, layout) if arm.uses_teacher else None
+    plans = [final_run(p, arm.name, data, best, seed) for seed in p.final.seeds]
+    k = group_size(p.train.fuse, len(plans), resolve_device(p.train.device),
+                   forward_flops(plans[0].spec.build(0), (data.image_size // p.student.patch_size) ** 2 + 2), ranks.world)
     per_seed = {}
+
+    def unit(run):
+        return Unit(run.name, run.spec.build(run.seed), run.spec, run.recipe,
+                    base_tags(layout, p, arm.stage("final"), arm=arm.name, seed=str(run.seed), model_kind="final",
+                              **({"processes": str(ranks.world)} if ranks.world > 1 else {})),
+                    run.log_params(p), layout.model(arm.name, run.seed), layout.history_file(arm.name, run.seed),
+                    layout.checkpoint(run.name))
+
     try:
-        for seed in p.final.seeds:
-            run = final_run(p, arm.name, data, best, seed)
-            result = tracked_fit(
-                name=run.name, net=run.spec.build(seed), spec=run.spec, data=data, recipe=run.recipe,
-                tags=base_tags(layout, p, arm.stage("final"), arm=arm.name, seed=str(seed), model_kind="final",
-                               **({"processes": str(ranks.world)} if ranks.world > 1 else {})),
-                log_params=run.log_params(p), model_path=layout.model(arm.name, seed),
-                history_path=layout.history_file(arm.name, seed), checkpoint=layout.checkpoint(run.name),
-                teacher=teacher, teacher_cache=cache, ranks=ranks,
-            )
-            last = result.history[-1]
-            per_seed[str(seed)] = {"objective": objective_of(result.history, p.sweep.objective_epochs),
-                                   **{k: v for k, v in last.items() if k.startswith("val_")}}
+        for group in chunks(plans, k):
+            units = [unit(run) for run in group]
+            if len(units) == 1:
+                u = units[0]
+                results = [tracked_fit(name=u.name, net=u.net, spec=u.spec, data=data, recipe=u.recipe, tags=u.tags,
+                                       log_params=u.log_params, model_path=u.model_path, history_path=u.history_path,
+                                       checkpoint=u.checkpoint, teacher=teacher, teacher_cache=cache, ranks=ranks)]
+            else:
+                seeds = f"{group[0].seed}-{group[-1].seed}"
+                results = tracked_fit_group(units, data, teacher=teacher, teacher_cache=cache,
+                                            desc=f"{arm.name} seeds {seeds} ({len(units)} fused)",
+                                            system_metrics_interval=(p.tracking.system_metrics_interval
+                                                                     if system_metrics_on(p.tracking) else None))
+            for run, result in zip(group, results):
+                last = result.history[-1]
+                per_seed[str(run.seed)] = {"objective": objective_of(result.history, p.sweep.objective_epochs),
+                                           **{k: v for k, v in last.items() if k.startswith("val_")}}
     finally:
         shutdown()
     objectives = [s["objective"] for s in per_seed.values()]

@@ -1,7 +1,8 @@
 """Stage sweep@<arm>: the arm's Optuna study on the val split, at the final training budget.
 
 Every arm gets the same study (trials, epochs, pruner, sampler seed, shared search space); the
-distilled arms add λ (and τ). Run an extra worker on the same study with
+distilled arms add λ (and τ). Trials are asked train.fuse at a time and train fused (fusion.py); with
+a shared sweep.storage they run one at a time. Run an extra worker on the same study with
 `python pipeline/sweep.py --arm soft` in a second shell: both stop at sweep.n_trials.
 """
 
@@ -15,10 +16,12 @@ from distillery.core.cli import StageContext, main_for
 from distillery.core.errors import TrainingError
 from distillery.core.files import Best, write_csv, write_json
 from distillery.data import load_prepared
+from distillery.training.fusion import forward_flops, group_size
+from distillery.training.loop import resolve_device
 from distillery.training.models import check_model_names, load_model, state_digest
-from distillery.training.plan import teacher_cache
+from distillery.training.plan import student_spec, teacher_cache
 from distillery.training.tracking import base_tags, setup_tracking, start_run
-from distillery.tuning.objective import make_objective, trial_checkpoints
+from distillery.tuning.objective import make_batch_objective, make_objective, trial_checkpoints
 from distillery.tuning.studies import (arm_sampler_for, open_arm_study, param_importance, run_shared_study, run_study,
                                       snapshot_study, study_name, summarize_study)
 from distillery.tuning.workers import run_workers
@@ -53,9 +56,14 @@ def body(ctx: StageContext) -> str:
     study = open_arm_study(out_dir / "study.db", name, budget, p.sweep)
     tags = base_tags(layout, p, arm.stage("sweep"), arm=arm.name, model_kind="sweep_trial")
 
-    def objective():  # built where trials run: a coordinator of sweep.workers runs none
-        return make_objective(p, arm.name, data, teacher, tags, teacher_cache(p, layout) if arm.uses_teacher else None,
-                              checkpoint_dir=layout.checkpoint(arm.name).parent, identity=identity)
+    def objective(batched=False):  # built where trials run: a coordinator of sweep.workers runs none
+        make = make_batch_objective if batched else make_objective
+        return make(p, arm.name, data, teacher, tags, teacher_cache(p, layout) if arm.uses_teacher else None,
+                    checkpoint_dir=layout.checkpoint(arm.name).parent, identity=identity)
+
+    fused = group_size(p.train.fuse, budget["n_trials"], resolve_device(p.train.device),
+                       forward_flops(student_spec(p, data, arm.name, 0.0).build(0),
+                                     (data.image_size // p.student.patch_size) ** 2 + 2))
 
     with start_run(f"sweep-{arm.name}", {**tags, "model_kind": "sweep"},
                    {"arm": arm.name, "budget": budget, "study_name": name}):
@@ -68,8 +76,9 @@ def body(ctx: StageContext) -> str:
         elif p.sweep.storage:
             result = run_shared_study(study, objective(), budget["n_trials"])
         else:
-            result = run_study(study, objective(), budget["n_trials"], lock_path=out_dir / "study.lock",
-                               sampler_for=arm_sampler_for(budget))
+            result = run_study(study, None, budget["n_trials"], lock_path=out_dir / "study.lock",
+                               sampler_for=arm_sampler_for(budget), batch_objective=objective(batched=True),
+                               batch=fused)
         if ctx.args.worker:
             return f"{arm.name} worker: the study holds {len(result.trials)} trials"
         if not result.best:

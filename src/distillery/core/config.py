@@ -94,10 +94,21 @@ class TrainConfig(_Section):
     device_cache: Literal["auto", "on", "off"] = "auto"
     device_cache_mb: float = Field(4096.0, ge=0.0)
     compile: bool = False
+    fuse: Literal["auto", "off"] | int = "auto"
 
     def identity(self) -> dict[str, Any]:
-        """What shapes a result: every field but where the training split is held (the same bytes either way)."""
-        return {k: v for k, v in self.model_dump().items() if k not in ("device_cache", "device_cache_mb")}
+        """What shapes a result: every field but where the training split is held (the same bytes either way)
+        and how many runs train together (a fused run equals its run alone up to summation order)."""
+        return {k: v for k, v in self.model_dump().items() if k not in ("device_cache", "device_cache_mb", "fuse")}
+
+    @field_validator("fuse", mode="before")
+    @classmethod
+    def _fuse(cls, v: Any) -> Any:
+        if v is False:  # YAML 1.1 (PyYAML) reads a bare off as false
+            return "off"
+        if v is True or (isinstance(v, int) and v < 1):
+            raise ValueError("train.fuse must be auto, off or a whole number of runs >= 1")
+        return v
 
     @field_validator("device_cache", mode="before")
     @classmethod

@@ -24,8 +24,9 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from . import droppath
 from .augment import BatchAugment, Normalizer
-from .batches import batch_source
+from .batches import batch_source, to_device
 from .distributed import Ranks, all_sum, barrier
 from .distributed import init as init_distributed
 from ..core.config import AugmentConfig, TrainConfig
@@ -33,11 +34,13 @@ from ..core.files import atomic_path
 from ..data import Prepared
 from ..core.errors import TrainingError
 from .losses import DistillLoss, soft_target_ce
+from .fusion import stacked_forward, why_not_fusable
 from .models import split_heads, state_digest
 from .teacher_cache import TeacherCache, open_teacher_logits, stream_key
 from .views import ViewStream
 
 EpochCallback = Callable[[dict[str, Any]], None]
+LOOP_VERSION = 2  # in every checkpoint's fingerprint: 2 = drop path drawn per run (droppath.py), not globally
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ class Recipe:
 
     def fingerprint(self, extra: dict[str, Any] | None = None) -> str:
         recipe = {**_jsonable(asdict(self)), "train": self.train.identity()}  # streamed or not: the same run
-        blob = json.dumps({"recipe": recipe, "extra": extra or {}}, sort_keys=True, default=str)
+        blob = json.dumps({"recipe": recipe, "extra": extra or {}, "loop": LOOP_VERSION}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -172,31 +175,57 @@ def checkpoint_fingerprint(path: Path) -> str | None:
 
 
 @dataclass
-class _Run:
-    """What one training run carries from epoch to epoch: built by _set_up, advanced by _train_epoch."""
+class Member:
+    """One run inside a training group: what the caller gives, then its state from epoch to epoch.
+
+    `callbacks` get each epoch's record; one that raises (a pruned trial) stops this member at the
+    epoch boundary, and the exception becomes its `outcome`, while the rest of the group trains on."""
 
     net: nn.Module
-    model: nn.Module  # net, or its DistributedDataParallel wrapper
-    data: Prepared
     recipe: Recipe
+    desc: str = "train"
+    checkpoint: Path | None = None
+    callbacks: list[EpochCallback] = field(default_factory=list)
+    fingerprint_extra: dict[str, Any] | None = None
+    replay: bool = False  # on resuming, first hand the checkpoint's epochs to the callbacks
+    # state, set up by fit_group
+    fingerprint: str = ""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    start_epoch: int = 0
+    outcome: BaseException | None = None  # why the member stopped early (pruned, failed), or None
+    views: Any = None  # views.ViewStream
+    view_key: str = ""  # members with equal keys see the very same views
+    optimizer: Any = None
+    scheduler: Any = None
+    params: list[torch.Tensor] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)  # droppath.install: the drop paths, in forward order
+    drop_rates: torch.Tensor | None = None
+    teacher_logits_of: Any = None  # teacher_cache.TeacherLogits, shared by members of one view
+
+    def active_in(self, epoch: int) -> bool:
+        return self.outcome is None and self.start_epoch <= epoch < self.recipe.epochs
+
+
+@dataclass
+class _Group:
+    """What the members of a group share: the data on the device, the batch size, the teacher."""
+
+    members: list[Member]
+    data: Prepared
     device: torch.device
     ranks: Ranks
     desc: str
     batch_size: int
     normalizer: Normalizer
-    views: ViewStream
-    optimizer: Any
-    scheduler: Any
     images: Any  # batches.batch_source: the training split on the device, or streamed
     y_train: torch.Tensor
-    fingerprint: str
-    history: list[dict[str, Any]] = field(default_factory=list)
-    start_epoch: int = 0
-    teacher_logits_of: Any = None  # teacher_cache.open_teacher_logits, for the distilled arms
+    names: list[str]  # parameter names, the same in every member
+    model: nn.Module | None = None  # a group of one's module as it is called: the net or its DDP wrapper
+    constants: dict[tuple, tuple[torch.Tensor, ...]] = field(default_factory=dict)  # _constants' memo
 
     @property
     def steps(self) -> int:
-        return self.views.steps  # the ragged last batch is dropped: Mixup needs even batches
+        return self.members[0].views.steps  # the ragged last batch is dropped: Mixup needs even batches
 
 
 def fit(net: nn.Module, data: Prepared, recipe: Recipe, *, teacher: nn.Module | None = None,
@@ -204,77 +233,149 @@ def fit(net: nn.Module, data: Prepared, recipe: Recipe, *, teacher: nn.Module | 
         fingerprint_extra: dict[str, Any] | None = None, progress: bool = True,
         teacher_cache: TeacherCache | None = None, forbid_host_sync: bool = False,
         ranks: Ranks | None = None, replay: bool = False) -> list[dict[str, Any]]:
-    """Train `net` in place; return the per-epoch history. Resumes from `checkpoint` if it matches.
+    """Train `net` in place (a group of one); return the per-epoch history. Resumes from `checkpoint`
+    if it matches; an exception a callback raised (a pruned trial) is raised again after its epoch."""
+    member = Member(net, recipe, desc, checkpoint, list(callbacks), fingerprint_extra, replay)
+    fit_group([member], data, teacher=teacher, teacher_cache=teacher_cache, progress=progress,
+              forbid_host_sync=forbid_host_sync, ranks=ranks, desc=desc)
+    if member.outcome is not None:
+        raise member.outcome
+    return member.history
 
-    With `teacher_cache`, the teacher's logits are replayed from it where an earlier run of the same
-    view stream wrote them, and written there where not; the result is bitwise the live run's.
-    `forbid_host_sync` (CUDA only, a diagnostic) raises if a training step makes the host wait for the GPU.
-    `replay`: on resuming, first hand the checkpoint's epochs to the callbacks (a sweep trial that replaces
-    a killed one reports them to its new Optuna trial and MLflow run).
-    With DISTILLERY_EPOCH_LOG set, each trained epoch appends a line to that file: how much work a run
-    and its resumptions really did (the chaos test sums it)."""
+
+def fit_group(members: list[Member], data: Prepared, *, teacher: nn.Module | None = None,
+              teacher_cache: TeacherCache | None = None, progress: bool = True, forbid_host_sync: bool = False,
+              ranks: Ranks | None = None, desc: str | None = None) -> list[Member]:
+    """Train every member in place, fused into one step per batch (fusion.py) when there are several.
+
+    Each member keeps what makes it its own run: its seed's initial weights and drop-path draws, its
+    view seed's batches and augmentations, its hyperparameters, optimizer, schedule, checkpoint and
+    callbacks. With `teacher_cache`, the teacher's logits are replayed from it where an earlier run of the
+    same view stream wrote them, and written there where not (bitwise the live result); members that see
+    the same views share one teacher forward. `forbid_host_sync` (CUDA only, a diagnostic) raises if a
+    training step makes the host wait for the GPU. With DISTILLERY_EPOCH_LOG set, each member's trained
+    epoch appends a line to that file: how much work a run and its resumptions really did."""
     ranks = ranks or Ranks.from_env()
-    run = _set_up(net, data, recipe, teacher, ranks, desc, fingerprint_extra)
-    _resume(run, checkpoint)
+    group = _set_up(members, data, teacher, ranks, desc or members[0].desc)
+    for m in members:
+        _resume(m)
     if ranks.world > 1:
         teacher_cache = None  # each rank sees its slice of the view: the teacher runs live on it
-        run.model = _distributed(net, run.device)
-    if recipe.loss.needs_teacher:
-        run.teacher_logits_of = _teacher_logits(run, teacher, teacher_cache, fingerprint_extra or {})
-    for record in run.history if (replay and ranks.main) else ():
-        for cb in callbacks:
-            cb(record)
-    epoch_log = os.environ.get("DISTILLERY_EPOCH_LOG")
-    bar = tqdm(range(run.start_epoch, recipe.epochs), desc=desc, unit="ep", disable=not (progress and ranks.main),
-               dynamic_ncols=True, initial=run.start_epoch, total=recipe.epochs)
+        group.model = _distributed(members[0].net, group.device)
+    if members[0].recipe.loss.needs_teacher:
+        _open_teacher_streams(group, teacher, teacher_cache)
+    for m in members:
+        for record in m.history if (m.replay and ranks.main) else ():
+            _call_back(m, record)
+    first = min(m.start_epoch for m in members)
+    last = max(m.recipe.epochs for m in members)
+    bar = tqdm(range(first, last), desc=group.desc, unit="ep", disable=not (progress and ranks.main),
+               dynamic_ncols=True, initial=first, total=last)
     for epoch in bar:
-        record = _train_epoch(run, epoch, forbid_host_sync)
-        run.history.append(record)
-        bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_acc=f"{record['val_acc']:.3f}")
-        if checkpoint is not None and ranks.main:  # one writer; the others wait for the file
-            _save_checkpoint(checkpoint, net, run.optimizer, run.scheduler, run.history, epoch, run.fingerprint)
-        if epoch_log and ranks.main:
-            with open(epoch_log, "a") as fh:  # one short append: whole lines even when killed
-                fh.write(f"{desc}\t{epoch + 1}\n")
-        barrier(ranks)
-        for cb in callbacks if ranks.main else ():
-            cb(record)
+        active = [m for m in members if m.active_in(epoch)]
+        if not active:
+            continue
+        records = _train_epoch(group, active, epoch, forbid_host_sync)
+        _finish_epoch(group, records, epoch)
+        bar.set_postfix(_postfix(records))
     bar.close()
-    return run.history
+    return members
 
 
-def _set_up(net: nn.Module, data: Prepared, recipe: Recipe, teacher: nn.Module | None, ranks: Ranks, desc: str,
-            fingerprint_extra: dict[str, Any] | None) -> _Run:
-    """Place the models, seed them, and build the views, optimizer and schedule of a fresh run."""
+def _postfix(records: dict[int, tuple[Member, dict[str, Any]]]) -> dict[str, str]:
+    recs = [r for _, r in records.values()]
+    if not recs:
+        return {}
+    mean = {k: sum(r[k] for r in recs) / len(recs) for k in ("train_loss", "val_acc")}
+    return {"runs": str(len(recs)), "loss": f"{mean['train_loss']:.3f}", "val_acc": f"{mean['val_acc']:.3f}"}
+
+
+def _call_back(m: Member, record: dict[str, Any]) -> None:
+    for cb in m.callbacks:
+        try:
+            cb(record)
+        except Exception as exc:  # a pruned trial: this member stops, its group trains on
+            m.outcome = exc
+            return
+
+
+def _finish_epoch(group: _Group, records: dict[int, tuple[Member, dict[str, Any]]], epoch: int) -> None:
+    """Per member: the record into its history, its checkpoint, the epoch log, then its callbacks."""
+    epoch_log = os.environ.get("DISTILLERY_EPOCH_LOG")
+    for m, record in records.values():
+        m.history.append(record)
+        if m.checkpoint is not None and group.ranks.main:  # one writer; the others wait for the file
+            _save_checkpoint(m.checkpoint, m.net, m.optimizer, m.scheduler, m.history, epoch, m.fingerprint)
+        if epoch_log and group.ranks.main:
+            with open(epoch_log, "a") as fh:  # one short append: whole lines even when killed
+                fh.write(f"{m.desc}\t{epoch + 1}\n")
+    barrier(group.ranks)
+    for m, record in records.values() if group.ranks.main else ():
+        _call_back(m, record)
+
+
+def _set_up(members: list[Member], data: Prepared, teacher: nn.Module | None, ranks: Ranks, desc: str) -> _Group:
+    """Check the members can share a group, place them and the data on the device, build each one's run."""
+    lead = members[0].recipe
+    _check_group(members, ranks)
+    device = _place([m.net for m in members], teacher, lead, ranks, desc)
+    train = data.splits["train"]
+    batch_size = _batch_size(len(train.y), max(m.recipe.mixing for m in members), ranks, desc, lead.train.batch_size)
+    normalizer = Normalizer(data.mean, data.std, device, data.image_size)
+    images = batch_source(train.x, device, lead.train, desc)
+    y_train = torch.as_tensor(train.y).to(device)
+    group = _Group(members, data, device, ranks, desc, batch_size, normalizer, images, y_train,
+                   [n for n, _ in members[0].net.named_parameters()], members[0].net)
+    for m in members:
+        _set_up_member(group, m)
+    if lead.train.compile:
+        members[0].net.compile()  # in place: the state dict keeps its keys, so checkpoints stay loadable uncompiled
+    return group
+
+
+def _check_group(members: list[Member], ranks: Ranks) -> None:
+    """Members of one group share a batch, a loss kind and a device; several must be fusable."""
+    lead = members[0].recipe
+    for m in members[1:]:
+        r = m.recipe
+        if (r.train, r.augment, r.loss.kind, r.loss.kl_reduction, type(m.net)) != \
+                (lead.train, lead.augment, lead.loss.kind, lead.loss.kl_reduction, type(members[0].net)):
+            raise TrainingError(f"{m.desc} cannot train in a group with {members[0].desc}: their recipes differ "
+                                "beyond their seeds and searched settings")
+    if len(members) > 1:
+        why = why_not_fusable(members[0].net)
+        if why or ranks.world > 1 or lead.train.compile:
+            raise TrainingError(f"{members[0].desc} cannot be fused with other runs: "
+                                f"{why or ('it runs under DDP' if ranks.world > 1 else 'train.compile is on')}")
+
+
+def _set_up_member(group: _Group, m: Member) -> None:
+    """A member's own views, drop paths, optimizer and schedule, as a fresh run (resuming comes after)."""
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
 
-    device = _place(net, teacher, recipe, ranks, desc)
-    train = data.splits["train"]
-    batch_size = _batch_size(len(train.y), recipe, ranks, desc)
-    normalizer = Normalizer(data.mean, data.std, device, data.image_size)
-    augment = BatchAugment(recipe.augment, data.num_classes, recipe.train.label_smoothing, normalizer, device,
-                           recipe.mixing, data.storage_size)
-    views = ViewStream(recipe.view_seed, len(train.y), batch_size, augment, device, ranks.part(batch_size))
+    r, data = m.recipe, group.data
+    augment = BatchAugment(r.augment, data.num_classes, r.train.label_smoothing, group.normalizer, group.device,
+                           r.mixing, data.storage_size)
+    m.views = ViewStream(r.view_seed, len(group.y_train), group.batch_size, augment, group.device,
+                         group.ranks.part(group.batch_size))
+    m.view_key = json.dumps([r.view_seed, r.mixing, r.augment.model_dump(), r.train.label_smoothing], default=str)
+    m.paths = droppath.install(m.net)
+    m.drop_rates = droppath.rates(m.net, m.paths)
+    m.params = [p for _, p in m.net.named_parameters()]
     # torch's fused Adam/AdamW kernel (CPU and CUDA): one kernel instead of a Python loop over parameters,
     # 4x faster than the default on this CPU (benchmarks/bench_optimizer.py).
-    opt_kwargs = {"fused": True} if recipe.train.optimizer in ("adamw", "adam") else {}
-    optimizer = create_optimizer_v2(net, opt=recipe.train.optimizer, lr=recipe.lr, weight_decay=recipe.weight_decay,
-                                    **opt_kwargs)
-    scheduler, _ = create_scheduler_v2(
-        optimizer, sched="cosine", num_epochs=recipe.epochs, warmup_epochs=min(recipe.train.warmup_epochs, recipe.epochs - 1),
-        min_lr=recipe.train.min_lr, warmup_lr=recipe.lr * 0.01, step_on_epochs=False, updates_per_epoch=views.steps,
+    opt_kwargs = {"fused": True} if r.train.optimizer in ("adamw", "adam") else {}
+    m.optimizer = create_optimizer_v2(m.net, opt=r.train.optimizer, lr=r.lr, weight_decay=r.weight_decay, **opt_kwargs)
+    m.scheduler, _ = create_scheduler_v2(
+        m.optimizer, sched="cosine", num_epochs=r.epochs, warmup_epochs=min(r.train.warmup_epochs, r.epochs - 1),
+        min_lr=r.train.min_lr, warmup_lr=r.lr * 0.01, step_on_epochs=False, updates_per_epoch=m.views.steps,
     )
-    images = batch_source(train.x, device, recipe.train, desc)
-    y_train = torch.as_tensor(train.y).to(device)
-    if recipe.train.compile:
-        net.compile()  # in place: the state dict keeps its keys, so checkpoints stay loadable uncompiled
-    return _Run(net, net, data, recipe, device, ranks, desc, batch_size, normalizer, views, optimizer, scheduler,
-                images, y_train, recipe.fingerprint(fingerprint_extra))
+    m.fingerprint = r.fingerprint(m.fingerprint_extra)
 
 
-def _place(net: nn.Module, teacher: nn.Module | None, recipe: Recipe, ranks: Ranks, desc: str) -> torch.device:
-    """Check the arm's use of the teacher, pick this process's device, seed, and move both models there."""
+def _place(nets: list[nn.Module], teacher: nn.Module | None, recipe: Recipe, ranks: Ranks, desc: str) -> torch.device:
+    """Check the arm's use of the teacher, pick this process's device, seed, and move the models there."""
     loss_fn = recipe.loss
     if loss_fn.needs_teacher and teacher is None:
         raise TrainingError(f"loss '{loss_fn.kind}' needs a teacher model")
@@ -288,10 +389,11 @@ def _place(net: nn.Module, teacher: nn.Module | None, recipe: Recipe, ranks: Ran
         device = torch.device("cuda", ranks.local_rank)
         torch.cuda.set_device(device)
     init_distributed(ranks, device)
-    seed_everything(recipe.seed)
-    net.to(device)
-    if hasattr(net, "set_distilled_training"):
-        net.set_distilled_training(loss_fn.two_heads)
+    seed_everything(recipe.seed)  # a group of one's dropout (the CNN teacher) draws from the global generators
+    for net in nets:
+        net.to(device)
+        if hasattr(net, "set_distilled_training"):
+            net.set_distilled_training(loss_fn.two_heads)
     if teacher is not None:
         teacher.to(device).eval()
         if device.type == "cuda":
@@ -301,11 +403,12 @@ def _place(net: nn.Module, teacher: nn.Module | None, recipe: Recipe, ranks: Ran
     return device
 
 
-def _batch_size(n: int, recipe: Recipe, ranks: Ranks, desc: str) -> int:
-    batch_size = min(recipe.train.batch_size, n)
-    if recipe.mixing > 0 and batch_size == n and n % 2:
+def _batch_size(n: int, mixing: float, ranks: Ranks, desc: str, wanted: int) -> int:
+    """The batch every member of a group uses; `mixing`: the largest Mixup/CutMix alpha among them."""
+    batch_size = min(wanted, n)
+    if mixing > 0 and batch_size == n and n % 2:
         batch_size -= 1  # fewer (odd) training images than a batch: keep mixing possible, drop one per epoch
-    if recipe.mixing > 0 and batch_size % 2:
+    if mixing > 0 and batch_size % 2:
         raise TrainingError(f"{desc}: batch of {batch_size} images is odd and Mixup/CutMix pairs images within a "
                             "batch; set an even train.batch_size")
     if batch_size % ranks.world:
@@ -314,22 +417,22 @@ def _batch_size(n: int, recipe: Recipe, ranks: Ranks, desc: str) -> int:
     return batch_size
 
 
-def _resume(run: _Run, checkpoint: Path | None) -> None:
-    """Continue from `checkpoint` when it was written by this very run (same fingerprint).
+def _resume(m: Member) -> None:
+    """Continue from the member's checkpoint when it was written by this very run (same fingerprint).
 
     An absent, unreadable or foreign checkpoint has no matching fingerprint: the run starts afresh.
     On the CPU: torch.set_rng_state takes CPU tensors only; load_state_dict moves weights and moments to the device."""
-    state = _read_checkpoint(checkpoint)
-    if state is None or state.get("fingerprint") != run.fingerprint:
+    state = _read_checkpoint(m.checkpoint)
+    if state is None or state.get("fingerprint") != m.fingerprint:
         return
-    run.net.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.scheduler.load_state_dict(state["scheduler"])
+    m.net.load_state_dict(state["model"])
+    m.optimizer.load_state_dict(state["optimizer"])
+    m.scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(state["rng"])
-    run.history = state["history"]
-    run.start_epoch = state["epoch"] + 1
-    if run.start_epoch < run.recipe.epochs:
-        print(f"{run.desc}: resuming from {checkpoint} at epoch {run.start_epoch + 1}/{run.recipe.epochs}")
+    m.history = state["history"]
+    m.start_epoch = state["epoch"] + 1
+    if m.start_epoch < m.recipe.epochs:
+        print(f"{m.desc}: resuming from {m.checkpoint} at epoch {m.start_epoch + 1}/{m.recipe.epochs}")
 
 
 def _distributed(net: nn.Module, device: torch.device) -> nn.Module:
@@ -338,78 +441,172 @@ def _distributed(net: nn.Module, device: torch.device) -> nn.Module:
     # A one-channel patch embedding has a size-1 dimension whose stride autograd and DDP's buckets
     # record differently: the same memory, so torch's "may impair performance" warning is noise.
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-    return DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    # broadcast_buffers off: a ViT's only buffers are its drop-path masks, each rank's own part of the batch
+    return DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
+                                   broadcast_buffers=False)
 
 
-def _teacher_logits(run: _Run, teacher: nn.Module, teacher_cache: TeacherCache | None, known: dict[str, Any]):
-    """The teacher's logits for each step of the epochs still to train: replayed from the cache or live.
-    `known`: runs.run_identity's digests (hashing data and teacher again per trial is waste)."""
-    key = stream_key(known.get("teacher") or state_digest(teacher), known.get("data") or run.data.fingerprint(),
-                     run.recipe.augment, run.recipe.mixing, run.batch_size, run.recipe.view_seed, run.device)
-    shape = (run.steps, run.batch_size // run.ranks.world, run.data.num_classes)
-    return open_teacher_logits(teacher, run.device, shape, range(run.start_epoch, run.recipe.epochs), teacher_cache,
-                               key, run.desc)
+def _open_teacher_streams(group: _Group, teacher: nn.Module, teacher_cache: TeacherCache | None) -> None:
+    """The teacher's logits for each step of the epochs still to train, one stream per distinct view:
+    replayed from the cache or live. runs.run_identity's digests in fingerprint_extra spare hashing
+    the data and teacher again per run."""
+    streams: dict[str, Any] = {}
+    for m in group.members:
+        if m.view_key not in streams:
+            known = m.fingerprint_extra or {}
+            r = m.recipe
+            key = stream_key(known.get("teacher") or state_digest(teacher), known.get("data") or group.data.fingerprint(),
+                             r.augment, r.mixing, group.batch_size, r.view_seed, group.device)
+            start = min(o.start_epoch for o in group.members if o.view_key == m.view_key)
+            shape = (group.steps, group.batch_size // group.ranks.world, group.data.num_classes)
+            streams[m.view_key] = open_teacher_logits(teacher, group.device, shape, range(start, r.epochs),
+                                                      teacher_cache, key, m.desc)
+        m.teacher_logits_of = streams[m.view_key]
 
 
-def _train_epoch(run: _Run, epoch: int, forbid_host_sync: bool) -> dict[str, Any]:
-    """One pass over the epoch's views, then validation: the epoch's history record."""
+def _epoch_inputs(group: _Group, active: list[Member], epoch: int):
+    """Each step's (x, target, teacher logits or None), stacked over `active` members: (K, B, ...).
+    Members with one view key share its batches and its teacher forward."""
+    lead = {}
+    for m in active:
+        lead.setdefault(m.view_key, m)
+    streams = {k: m.views.epoch(epoch, group.images, group.y_train) for k, m in lead.items()}
+    for step in range(group.steps):
+        batch = {k: next(it) for k, it in streams.items()}
+        teach = {k: m.teacher_logits_of(step, batch[k][0]) for k, m in lead.items() if m.teacher_logits_of is not None}
+        x = torch.stack([batch[m.view_key][0] for m in active])
+        target = torch.stack([batch[m.view_key][1] for m in active])
+        z_t = torch.stack([teach[m.view_key] for m in active]) if teach else None
+        yield x, target, z_t
+
+
+def _train_epoch(group: _Group, active: list[Member], epoch: int,
+                 forbid_host_sync: bool) -> dict[int, tuple[Member, dict[str, Any]]]:
+    """One pass over the epoch's views for every active member, then validation: their history records,
+    by position in `active` (a member that failed during the epoch has none)."""
     t0 = time.perf_counter()
-    run.net.train()
-    from_cache = run.teacher_logits_of.begin_epoch(epoch) if run.teacher_logits_of is not None else False
-    sums: dict[str, torch.Tensor] = {"loss": torch.zeros((), device=run.device)}
-    correct = torch.zeros((), device=run.device)
-    batches = run.views.epoch(epoch, run.images, run.y_train)
+    for m in active:
+        m.net.train()
+    streams = {m.view_key: m.teacher_logits_of for m in active if m.teacher_logits_of is not None}
+    from_cache = {k: s.begin_epoch(epoch) for k, s in streams.items()}
+    # (steps, K, paths, B): each member's draws for the whole batch (a DDP rank keeps its part of it),
+    # copied to the device once an epoch
+    masks = torch.stack([droppath.epoch_masks(m.recipe.seed, epoch, group.steps, group.batch_size, m.drop_rates)
+                         for m in active]).transpose(0, 1)[..., group.ranks.part(group.batch_size)]
+    masks = to_device(masks.contiguous(), group.device)
+    sums: dict[str, torch.Tensor] = {"loss": torch.zeros(len(active), device=group.device),
+                                     "correct": torch.zeros(len(active), device=group.device)}
+    live = list(range(len(active)))
     # closing() ends the sync check even when a step raises (a suspended generator would keep it on)
-    with contextlib.closing(_steps_without_sync(batches, run.device, forbid_host_sync)) as steps:
-        for step, (x, target) in enumerate(steps):
-            correct += _train_step(run, epoch, step, x, target, sums)
-    run.scheduler.step(epoch + 1)
-    if run.teacher_logits_of is not None:
-        run.teacher_logits_of.end_epoch()
-    if run.ranks.world > 1:  # every rank trained on its slice: sum, then the mean of equal slices
-        correct = all_sum(correct, run.ranks)
-        sums = {k: all_sum(torch.as_tensor(v, device=run.device), run.ranks) / run.ranks.world for k, v in sums.items()}
-    train_loss = float(sums["loss"]) / run.steps
-    if not math.isfinite(train_loss):
-        raise TrainingError(f"{run.desc}: loss became {train_loss} in epoch {epoch + 1}; lower the learning rate "
-                            "or enable train.grad_clip")
-    record: dict[str, Any] = {
-        "epoch": epoch + 1,
-        "train_loss": train_loss,
-        "train_acc": float(correct) / (run.steps * run.batch_size),
-        **{f"train_{k}": float(v) / run.steps for k, v in sums.items() if k != "loss"},
-        **_val_metrics(run.net, run.data, run.normalizer, run.recipe.train.eval_batch_size, run.device),
-        "lr": run.optimizer.param_groups[0]["lr"],
-        "epoch_seconds": time.perf_counter() - t0,
-    }
-    if run.teacher_logits_of is not None:
-        record["teacher_from_cache"] = float(from_cache)
-    return record
+    with contextlib.closing(_steps_without_sync(_epoch_inputs(group, active, epoch), group.device,
+                                                forbid_host_sync)) as steps:
+        for step, (x, target, z_t) in enumerate(steps):
+            live = _train_step(group, active, live, epoch, step, (x, target, z_t, masks[step]), sums)
+            if not live:
+                break
+    for i in live:
+        active[i].scheduler.step(epoch + 1)
+    for s in streams.values():
+        s.end_epoch() if live else s.abandon_epoch()  # a stream's file holds whole epochs only
+    return _epoch_records(group, active, live, epoch, sums, from_cache, time.perf_counter() - t0)
 
 
-def _train_step(run: _Run, epoch: int, step: int, x: torch.Tensor, target: torch.Tensor,
-                sums: dict[str, torch.Tensor]) -> torch.Tensor:
-    """One optimizer step; adds the loss parts to `sums` and returns the class head's correct count."""
-    teacher_logits = run.teacher_logits_of(step, x) if run.teacher_logits_of is not None else None
-    with _autocast(run.device):
-        outputs = run.model(x)
-    outputs = tuple(o.float() for o in outputs) if isinstance(outputs, tuple) else outputs.float()
-    parts = run.recipe.loss(outputs, target, teacher_logits)
-    loss = parts["loss"]
+def _epoch_records(group: _Group, active: list[Member], live: list[int], epoch: int, sums: dict[str, torch.Tensor],
+                   from_cache: dict[str, bool], seconds: float) -> dict[int, tuple[Member, dict[str, Any]]]:
+    if group.ranks.world > 1:  # every rank trained on its slice: sum, then the mean of equal slices
+        sums = {k: all_sum(v, group.ranks) / (1 if k == "correct" else group.ranks.world) for k, v in sums.items()}
+    sums = {k: v.cpu() for k, v in sums.items()}  # one host copy per epoch
+    records = {}
+    for i in live:
+        m = active[i]
+        train_loss = float(sums["loss"][i]) / group.steps
+        if not math.isfinite(train_loss):
+            m.outcome = TrainingError(f"{m.desc}: loss became {train_loss} in epoch {epoch + 1}; lower the learning "
+                                      "rate or enable train.grad_clip")
+            continue
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "train_acc": float(sums["correct"][i]) / (group.steps * group.batch_size),
+            **{f"train_{k}": float(v[i]) / group.steps for k, v in sums.items() if k not in ("loss", "correct")},
+            **_val_metrics(m.net, group.data, group.normalizer, m.recipe.train.eval_batch_size, group.device),
+            "lr": m.optimizer.param_groups[0]["lr"],
+            "epoch_seconds": seconds,
+            "group_size": len(active),
+        }
+        if m.teacher_logits_of is not None:
+            record["teacher_from_cache"] = float(from_cache[m.view_key])
+        records[i] = (m, record)
+    return records
+
+
+def _train_step(group: _Group, active: list[Member], live: list[int], epoch: int, step: int,
+                inputs: tuple, sums: dict[str, torch.Tensor]) -> list[int]:
+    """One optimizer step for the `live` members (positions in `active`); adds each one's loss parts and
+    correct count to `sums`. Returns the members still live: on a CPU, one whose loss is not finite
+    stops here, and the step is redone without it (the others' numbers do not depend on it)."""
+    x, target, z_t, masks = inputs
+    members = [active[i] for i in live]
+    idx, alpha, tau = _constants(group, members, live)
+    rows = idx if len(live) < len(active) else slice(None)
+    x, target, masks = x[rows], target[rows], masks[rows]
+    z_t = z_t[rows] if z_t is not None else None
+    outputs, parts = _forward(group, members, x, target, z_t, masks, alpha, tau)
     # A CPU check costs nothing; on GPU it would sync every step, so check once per epoch there.
-    if run.device.type == "cpu" and not torch.isfinite(loss):
-        raise TrainingError(f"{run.desc}: loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                            "lower the learning rate or enable train.grad_clip")
-    run.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if run.recipe.train.grad_clip:
-        nn.utils.clip_grad_norm_(run.net.parameters(), run.recipe.train.grad_clip)
-    run.optimizer.step()
-    run.scheduler.step_update(epoch * run.steps + step + 1)
+    if group.device.type == "cpu" and not bool(torch.isfinite(parts["loss"]).all()):
+        bad = [i for i, ok in zip(live, torch.isfinite(parts["loss"]).tolist()) if not ok]
+        for i, value in zip(bad, parts["loss"][~torch.isfinite(parts["loss"])].tolist()):
+            active[i].outcome = TrainingError(f"{active[i].desc}: loss became {value} at epoch {epoch + 1}, step "
+                                              f"{step + 1}; lower the learning rate or enable train.grad_clip")
+        rest = [i for i in live if i not in bad]
+        return _train_step(group, active, rest, epoch, step, inputs, sums) if rest else rest
+    for m in members:
+        m.optimizer.zero_grad(set_to_none=True)
+    parts["loss"].sum().backward()  # member k's loss depends on its own weights only: its own gradient
+    for m in members:
+        if m.recipe.train.grad_clip:
+            nn.utils.clip_grad_norm_(m.net.parameters(), m.recipe.train.grad_clip)
+        m.optimizer.step()
+        m.scheduler.step_update(epoch * group.steps + step + 1)
     for k, v in parts.items():
-        sums[k] = sums.get(k, 0) + v.detach()
+        sums.setdefault(k, torch.zeros_like(sums["loss"])).index_add_(0, idx, v.detach())
     z_c = outputs[0] if isinstance(outputs, tuple) else outputs
-    return (z_c.argmax(1) == target.argmax(1)).sum()
+    sums["correct"].index_add_(0, idx, (z_c.argmax(-1) == target.argmax(-1)).sum(-1).float())
+    return live
+
+
+def _constants(group: _Group, members: list[Member], live: list[int]) -> tuple[torch.Tensor, ...]:
+    """The live members' positions, λ and τ on the device: built once per set of members, not per step
+    (a copy from pageable host memory would make the host wait for the GPU)."""
+    key = tuple(id(m) for m in members) + tuple(live)
+    if key not in group.constants:
+        values = [live, [m.recipe.loss.alpha for m in members], [m.recipe.loss.tau for m in members]]
+        group.constants[key] = tuple(to_device(torch.tensor(v, dtype=dt), group.device)
+                                     for v, dt in zip(values, (torch.long, torch.float32, torch.float32)))
+    return group.constants[key]
+
+
+def _forward(group: _Group, members: list[Member], x: torch.Tensor, target: torch.Tensor, z_t: torch.Tensor | None,
+             masks: torch.Tensor, alpha: torch.Tensor, tau: torch.Tensor) -> tuple[Any, dict[str, torch.Tensor]]:
+    """Outputs and loss parts with a leading member dimension. A lone member runs its own module (the
+    reference a fused member is tested against); several run as one stacked forward."""
+    loss = members[0].recipe.loss
+    with _autocast(group.device):
+        if len(members) == 1:
+            m = members[0]
+            for i, name in enumerate(m.paths):
+                m.net.get_submodule(name).mask = masks[0, i]
+            outputs = (group.model if m.net is group.members[0].net else m.net)(x[0])  # the DDP wrapper, if any
+            outputs = tuple(o.unsqueeze(0) for o in outputs) if isinstance(outputs, tuple) else outputs.unsqueeze(0)
+        else:
+            outputs = stacked_forward(members[0].net, group.names, [m.params for m in members], members[0].paths, x,
+                                      masks)
+    outputs = tuple(o.float() for o in outputs) if isinstance(outputs, tuple) else outputs.float()
+    if len(members) == 1:
+        one = loss(tuple(o[0] for o in outputs) if isinstance(outputs, tuple) else outputs[0], target[0],
+                   z_t[0] if z_t is not None else None)
+        return outputs, {k: v.unsqueeze(0) for k, v in one.items()}
+    return outputs, loss.group(outputs, target, z_t, alpha, tau)
 
 
 def _save_checkpoint(path: Path, net, optimizer, scheduler, history, epoch, fingerprint) -> None:

@@ -54,6 +54,18 @@ class DistillLoss:
 
     def __call__(self, outputs, target: torch.Tensor, teacher_logits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Returns the total loss and its parts (for logging)."""
+        return self.terms(outputs, target, teacher_logits, self.alpha, self.tau)
+
+    def group(self, outputs, target: torch.Tensor, teacher_logits: torch.Tensor | None,
+              alpha: torch.Tensor, tau: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The loss of each member of a fused group: every input has a leading member dimension, and
+        each member its own λ and τ; the same arithmetic as one member's loss, mapped over members."""
+        if teacher_logits is None:
+            return torch.func.vmap(lambda o, t, a, u: self.terms(o, t, None, a, u))(outputs, target, alpha, tau)
+        return torch.func.vmap(self.terms)(outputs, target, teacher_logits, alpha, tau)
+
+    def terms(self, outputs, target: torch.Tensor, teacher_logits: torch.Tensor | None,
+              alpha: float | torch.Tensor, tau: float | torch.Tensor) -> dict[str, torch.Tensor]:
         if self.kind == "none":
             z_c = outputs[0] if isinstance(outputs, tuple) else outputs
             ce = soft_target_ce(z_c, target)
@@ -61,15 +73,15 @@ class DistillLoss:
         z_c, z_d = outputs
         if self.kind == "control":
             ce, ce_dist = soft_target_ce(z_c, target), soft_target_ce(z_d, target)
-            return {"loss": (1.0 - self.alpha) * ce + self.alpha * ce_dist, "ce": ce, "distill": ce_dist}
+            return {"loss": (1.0 - alpha) * ce + alpha * ce_dist, "ce": ce, "distill": ce_dist}
         if teacher_logits is None:
             raise ValueError(f"loss '{self.kind}' needs the teacher's logits")
         ce = soft_target_ce(z_c, target)
         if self.kind == "soft":
-            dist = soft_distillation_term(z_d, teacher_logits, self.tau, self.kl_reduction)
+            dist = soft_distillation_term(z_d, teacher_logits, tau, self.kl_reduction)
         else:
             dist = hard_distillation_term(z_d, teacher_logits)
-        total = (1.0 - self.alpha) * ce + self.alpha * dist
+        total = (1.0 - alpha) * ce + alpha * dist
         return {"loss": total, "ce": ce, "distill": dist}
 
 
@@ -80,14 +92,12 @@ def soft_target_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
 
 
-def soft_distillation_term(z_d: torch.Tensor, z_t: torch.Tensor, tau: float, reduction: str = "batchmean") -> torch.Tensor:
+def soft_distillation_term(z_d: torch.Tensor, z_t: torch.Tensor, tau: float | torch.Tensor, reduction: str = "batchmean") -> torch.Tensor:
     """τ²·KL(softmax(z_t/τ) ‖ softmax(z_d/τ)), divided by batch size or by batch × classes."""
-    kl = F.kl_div(
-        F.log_softmax(z_d / tau, dim=-1),
-        F.log_softmax(z_t / tau, dim=-1),
-        reduction="sum",
-        log_target=True,
-    )
+    # F.kl_div(log_s, log_t, reduction="sum", log_target=True) written out: the same sum, and it maps
+    # over a fused group's members as one batched operation (kl_div has no vmap rule: a loop per member)
+    log_s, log_t = F.log_softmax(z_d / tau, dim=-1), F.log_softmax(z_t / tau, dim=-1)
+    kl = torch.sum(torch.exp(log_t) * (log_t - log_s))
     denom = z_d.shape[0] if reduction == "batchmean" else z_d.numel()
     return kl * (tau * tau) / denom
 

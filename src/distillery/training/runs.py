@@ -26,8 +26,8 @@ import torch.nn as nn
 from ..core.files import atomic_path, write_csv, write_json, write_text
 from ..data import Prepared
 from .models import ModelSpec, count_params, save_model, state_digest
-from .tracking import EpochLogger, resume_run, start_run
-from .loop import EpochCallback, Recipe, checkpoint_fingerprint, fit
+from .tracking import EpochLogger, close_run, open_run, resume_run, start_run, system_metrics
+from .loop import EpochCallback, Member, Recipe, checkpoint_fingerprint, fit, fit_group
 from .distributed import Ranks
 from .teacher_cache import TeacherCache
 
@@ -39,6 +39,21 @@ class TrainedModel:
     run_id: str
 
 
+@dataclass
+class Unit:
+    """One tracked run of a group: what tracked_fit_group trains, saves and logs."""
+
+    name: str
+    net: nn.Module
+    spec: ModelSpec
+    recipe: Recipe
+    tags: dict[str, str]
+    log_params: dict[str, Any]
+    model_path: Path
+    history_path: Path
+    checkpoint: Path
+
+
 def tracked_fit(*, name: str, net: nn.Module, spec: ModelSpec, data: Prepared, recipe: Recipe, tags: dict[str, str],
                 log_params: dict[str, Any], model_path: Path, history_path: Path, checkpoint: Path,
                 teacher: nn.Module | None = None, extra_callbacks: list[EpochCallback] = (),
@@ -46,55 +61,118 @@ def tracked_fit(*, name: str, net: nn.Module, spec: ModelSpec, data: Prepared, r
     """Train one model inside its own MLflow run; resume both the training and the run after a kill.
 
     Under torchrun every rank trains; only rank 0 logs, saves and cleans up (the others return run_id "")."""
-    import mlflow
-
     ranks = ranks or Ranks.from_env()
-    run_file = checkpoint.with_suffix(".mlflow_run")
+    unit = Unit(name, net, spec, recipe, tags, log_params, model_path, history_path, checkpoint)
     fingerprint_extra = run_identity(spec, data.fingerprint(), state_digest(teacher) if teacher is not None else None)
-    fingerprint = recipe.fingerprint(fingerprint_extra)
-    done = _finished(checkpoint, fingerprint)
+    done = _restore_finished(unit, recipe.fingerprint(fingerprint_extra), ranks)
     if done is not None:
-        history = done["history"]
-        if ranks.main:  # the only writer; other ranks just skip the run
-            for kept, out in (("model.pt", model_path), ("history.csv", history_path)):  # the very bytes
-                with atomic_path(out) as tmp:
-                    shutil.copyfile(finished_dir(checkpoint) / kept, tmp)
-            print(f"{name}: finished before the stage was interrupted; restored from {finished_dir(checkpoint)}")
-        net.load_state_dict(torch.load(finished_dir(checkpoint) / "model.pt", map_location="cpu",
-                                       weights_only=True)["state_dict"])
-        return TrainedModel(net, history, done["run_id"] if ranks.main else "")
+        return done
     if not ranks.main:
         history = fit(net, data, recipe, teacher=teacher, checkpoint=checkpoint, desc=name,
                       fingerprint_extra=fingerprint_extra, teacher_cache=teacher_cache, ranks=ranks)
         return TrainedModel(net, history, "")
-    # Continue the interrupted MLflow run only when fit() will continue the interrupted training.
-    resumable = checkpoint_fingerprint(checkpoint) == fingerprint
-    resume_id = run_file.read_text().strip() if (resumable and run_file.exists()) else None
-    if resume_id:
-        ctx = resume_run(resume_id)
-    else:
-        ctx = start_run(name, tags, {**log_params, "num_params": count_params(net)})
+    resume_id = _resumable_run(unit, recipe.fingerprint(fingerprint_extra))
+    ctx = resume_run(resume_id) if resume_id else start_run(name, tags, {**log_params, "num_params": count_params(net)})
     with ctx as run:
-        write_text(run_file, run.info.run_id)
+        write_text(checkpoint.with_suffix(".mlflow_run"), run.info.run_id)
         history = fit(net, data, recipe, teacher=teacher, callbacks=[EpochLogger(), *extra_callbacks],
                       checkpoint=checkpoint, desc=name, fingerprint_extra=fingerprint_extra,
                       teacher_cache=teacher_cache, ranks=ranks)
-        save_model(model_path, net, spec, {"history": history})
-        write_csv(history_path, history)
-        final = {f"final_{k}": v for k, v in history[-1].items() if k.startswith("val_")}
-        mlflow.log_metrics(final)
-        mlflow.log_artifact(str(history_path), artifact_path="history")
-        mlflow.log_artifact(str(model_path), artifact_path="model")
-    keep = finished_dir(checkpoint)
-    for out, kept in ((model_path, "model.pt"), (history_path, "history.csv")):
+        _save_outputs(unit, history, run.info.run_id)
+    _keep_finished(unit, recipe.fingerprint(fingerprint_extra), run.info.run_id, history)
+    return TrainedModel(net, history, run.info.run_id)
+
+
+def tracked_fit_group(units: list[Unit], data: Prepared, *, teacher: nn.Module | None = None,
+                      teacher_cache: TeacherCache | None = None, desc: str = "train",
+                      system_metrics_interval: float | None = None) -> list[TrainedModel]:
+    """tracked_fit for several runs trained fused (one process, no DDP): each keeps its own MLflow run,
+    checkpoint, finished record, model and history, exactly as if trained alone. With
+    `system_metrics_interval`, MLflow's system metrics of the shared device go to the group's first run."""
+    ranks = Ranks(0, 1, 0)
+    teacher_digest = state_digest(teacher) if teacher is not None else None
+    extras = [run_identity(u.spec, data.fingerprint(), teacher_digest) for u in units]
+    prints = [u.recipe.fingerprint(e) for u, e in zip(units, extras)]
+    results: dict[int, TrainedModel] = {}
+    for i, u in enumerate(units):
+        done = _restore_finished(u, prints[i], ranks)
+        if done is not None:
+            results[i] = done
+    todo = [i for i in range(len(units)) if i not in results]
+    run_ids = {i: open_run(units[i].name, units[i].tags,
+                           {**units[i].log_params, "num_params": count_params(units[i].net)},
+                           resume_id=_resumable_run(units[i], prints[i])) for i in todo}
+    members = []
+    for i in todo:
+        write_text(units[i].checkpoint.with_suffix(".mlflow_run"), run_ids[i])
+        members.append(Member(units[i].net, units[i].recipe, units[i].name, units[i].checkpoint,
+                              [EpochLogger(run_id=run_ids[i])], extras[i]))
+    try:
+        with system_metrics(run_ids[todo[0]] if todo else "", bool(todo and system_metrics_interval),
+                            system_metrics_interval or 0):
+            fit_group(members, data, teacher=teacher, teacher_cache=teacher_cache, ranks=ranks, desc=desc)
+    except BaseException as exc:
+        for i in todo:
+            close_run(run_ids[i], exc)
+        raise
+    for i, m in zip(todo, members):
+        if m.outcome is not None:
+            for j in todo:
+                close_run(run_ids[j], m.outcome)
+            raise m.outcome
+    for i, m in zip(todo, members):
+        _save_outputs(units[i], m.history, run_ids[i])
+        close_run(run_ids[i])
+        _keep_finished(units[i], prints[i], run_ids[i], m.history)
+        results[i] = TrainedModel(m.net, m.history, run_ids[i])
+    return [results[i] for i in range(len(units))]
+
+
+def _restore_finished(unit: Unit, fingerprint: str, ranks: Ranks) -> TrainedModel | None:
+    """The run's kept model and history when it finished before the stage was interrupted, else None."""
+    done = _finished(unit.checkpoint, fingerprint)
+    if done is None:
+        return None
+    if ranks.main:  # the only writer; other ranks just skip the run
+        for kept, out in (("model.pt", unit.model_path), ("history.csv", unit.history_path)):  # the very bytes
+            with atomic_path(out) as tmp:
+                shutil.copyfile(finished_dir(unit.checkpoint) / kept, tmp)
+        print(f"{unit.name}: finished before the stage was interrupted; restored from {finished_dir(unit.checkpoint)}")
+    unit.net.load_state_dict(torch.load(finished_dir(unit.checkpoint) / "model.pt", map_location="cpu",
+                                        weights_only=True)["state_dict"])
+    return TrainedModel(unit.net, done["history"], done["run_id"] if ranks.main else "")
+
+
+def _resumable_run(unit: Unit, fingerprint: str) -> str | None:
+    """The interrupted MLflow run to continue: only when fit() will continue the interrupted training."""
+    run_file = unit.checkpoint.with_suffix(".mlflow_run")
+    resumable = checkpoint_fingerprint(unit.checkpoint) == fingerprint
+    return run_file.read_text().strip() if (resumable and run_file.exists()) else None
+
+
+def _save_outputs(unit: Unit, history: list[dict[str, Any]], run_id: str) -> None:
+    import mlflow
+
+    save_model(unit.model_path, unit.net, unit.spec, {"history": history})
+    write_csv(unit.history_path, history)
+    client = mlflow.MlflowClient()
+    final = {f"final_{k}": v for k, v in history[-1].items() if k.startswith("val_")}
+    for k, v in final.items():
+        client.log_metric(run_id, k, float(v))
+    client.log_artifact(run_id, str(unit.history_path), artifact_path="history")
+    client.log_artifact(run_id, str(unit.model_path), artifact_path="model")
+
+
+def _keep_finished(unit: Unit, fingerprint: str, run_id: str, history: list[dict[str, Any]]) -> None:
+    keep = finished_dir(unit.checkpoint)
+    for out, kept in ((unit.model_path, "model.pt"), (unit.history_path, "history.csv")):
         with atomic_path(keep / kept) as tmp:
             shutil.copyfile(out, tmp)
     # written last: its presence says the unit is whole
-    write_json(keep / "record.json", {"fingerprint": fingerprint, "code": code_digest(), "run_id": run.info.run_id,
+    write_json(keep / "record.json", {"fingerprint": fingerprint, "code": code_digest(), "run_id": run_id,
                                       "history": history})
-    checkpoint.unlink(missing_ok=True)  # finished: a later run with new code must not resume from it
-    run_file.unlink(missing_ok=True)
-    return TrainedModel(net, history, run.info.run_id)
+    unit.checkpoint.unlink(missing_ok=True)  # finished: a later run with new code must not resume from it
+    unit.checkpoint.with_suffix(".mlflow_run").unlink(missing_ok=True)
 
 
 def run_identity(spec: ModelSpec, data_fingerprint: str, teacher_digest: str | None) -> dict[str, Any]:

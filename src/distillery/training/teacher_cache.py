@@ -140,6 +140,10 @@ class TeacherLogits:
             self._built[step] = z
         return z.float()
 
+    def abandon_epoch(self) -> None:
+        """The epoch stopped before its last step (every run on this stream failed): write nothing."""
+        self._built = None
+
     def end_epoch(self) -> None:
         """Write the epoch just computed (whole epochs only: a run killed mid-epoch leaves no partial file)."""
         if self._built is None or self._epoch is None:

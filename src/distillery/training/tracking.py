@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import subprocess
+import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -154,13 +155,66 @@ def resume_run(run_id: str) -> Iterator[Any]:
 
 
 class EpochLogger:
-    """Training-loop callback: one MLflow metrics batch per epoch, step = epoch."""
+    """Training-loop callback: one MLflow metrics batch per epoch, step = epoch; to the active run, or to
+    `run_id` (a fused group's members each log to their own run at once)."""
 
-    def __init__(self, prefix: str = ""):
+    def __init__(self, prefix: str = "", run_id: str | None = None):
         self.prefix = prefix
+        self.run_id = run_id
 
     def __call__(self, record: dict[str, Any]) -> None:
         import mlflow
 
         step = int(record["epoch"])
-        mlflow.log_metrics({self.prefix + k: float(v) for k, v in record.items() if k != "epoch"}, step=step)
+        metrics = {self.prefix + k: float(v) for k, v in record.items() if k != "epoch"}
+        if self.run_id is None:
+            mlflow.log_metrics(metrics, step=step)
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        mlflow.MlflowClient().log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
+
+
+def open_run(name: str, tags: dict[str, str], params: dict[str, Any] | None = None, *, nested_in: str | None = None,
+             resume_id: str | None = None) -> str:
+    """A run left open for a member of a fused group (several at once, which MLflow's active run cannot be):
+    created in the active experiment, or `resume_id` set running again and owned by this process."""
+    import mlflow
+    from mlflow.entities import Param
+    from mlflow.tracking.fluent import _get_experiment_id
+
+    client = mlflow.MlflowClient()
+    if resume_id:
+        client.update_run(resume_id, status="RUNNING")
+        client.set_tag(resume_id, PROCESS_TAG, this_process())
+        return resume_id
+    extra = {"mlflow.parentRunId": nested_in} if nested_in else {}
+    run = client.create_run(_get_experiment_id(), run_name=name, tags={**tags, **extra, PROCESS_TAG: this_process()})
+    items = [Param(k, str("null" if v is None else v)) for k, v in flatten(params or {}).items()]
+    for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+        client.log_batch(run.info.run_id, params=items[i:i + 100])
+    return run.info.run_id
+
+
+def close_run(run_id: str, error: BaseException | None = None) -> None:
+    import mlflow
+
+    status = "FINISHED" if error is None else ("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+    mlflow.MlflowClient().set_terminated(run_id, status=status)
+
+
+@contextmanager
+def system_metrics(run_id: str, cfg_on: bool, interval: float) -> Iterator[None]:
+    """MLflow's system-metrics monitor (CPU, memory, GPU) on `run_id` while a block runs, when it is on."""
+    if not cfg_on:
+        yield
+        return
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, resume_logging=True)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()

@@ -20,19 +20,20 @@ from ..core.config import Params
 from ..core.errors import TrainingError
 from ..core.files import objective_of
 from ..data import Prepared
-from ..training.loop import fit
+from ..training.loop import Member, fit_group
 from ..training.models import count_params, state_digest
 from ..training.runs import run_identity
 from ..training.plan import trial_run
 from ..training.teacher_cache import TeacherCache
-from ..training.tracking import EpochLogger, start_run
+from ..training.tracking import EpochLogger, close_run, open_run
 from .studies import first_prunable_epoch, heartbeat, suggest_space, trial_label
 
 
-def _prune(trial: optuna.Trial, reason: str) -> optuna.TrialPruned:
+def _prune(trial: optuna.Trial, reason: str, run_id: str) -> optuna.TrialPruned:
     trial.set_user_attr("prune_reason", reason)
-    mlflow.set_tag("prune_reason", reason)
-    mlflow.set_tag("trial_state", "PRUNED")
+    client = mlflow.MlflowClient()
+    client.set_tag(run_id, "prune_reason", reason)
+    client.set_tag(run_id, "trial_state", "PRUNED")
     return optuna.TrialPruned(reason)
 
 
@@ -40,12 +41,30 @@ def make_objective(params: Params, arm: str, data: Prepared, teacher: nn.Module 
                    tags: dict[str, str], teacher_cache: TeacherCache | None = None,
                    checkpoint_dir: Path | None = None,
                    identity: tuple[str, str | None] | None = None) -> Callable[[optuna.Trial], float]:
-    """The Optuna objective of one arm. With `checkpoint_dir` and trials that carry a slot (run_study),
-    a trial checkpoints every epoch under its slot: the trial that replaces a killed one draws the same
-    settings (studies.slot_sampler), resumes from the last epoch, and replays the earlier epochs to
-    its new Optuna trial and MLflow run. The checkpoints stay until the sweep stage ends
-    (trial_checkpoints): a kill between a trial's last epoch and Optuna's record of it then costs nothing.
-    `identity`: (data.fingerprint(), the teacher's state_digest or None) when the caller has them already."""
+    """The Optuna objective of one arm, one trial at a time (a batch of one of make_batch_objective)."""
+    batch = make_batch_objective(params, arm, data, teacher, tags, teacher_cache, checkpoint_dir, identity)
+
+    def objective(trial: optuna.Trial) -> float:
+        (outcome,) = batch([trial])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    return objective
+
+
+def make_batch_objective(params: Params, arm: str, data: Prepared, teacher: nn.Module | None,
+                         tags: dict[str, str], teacher_cache: TeacherCache | None = None,
+                         checkpoint_dir: Path | None = None, identity: tuple[str, str | None] | None = None
+                         ) -> Callable[[list[optuna.Trial]], list[float | optuna.TrialPruned]]:
+    """The Optuna objective of one arm for a batch of trials trained fused (training.fusion): each
+    trial its own member, MLflow run (nested in the active sweep run), pruning decision and checkpoint.
+    With `checkpoint_dir` and trials that carry a slot (run_study), a trial checkpoints every epoch
+    under its slot: the trial that replaces a killed one draws the same settings (studies.slot_sampler),
+    resumes from the last epoch, and replays the earlier epochs to its new Optuna trial and MLflow run.
+    The checkpoints stay until the sweep stage ends (trial_checkpoints): a kill between a trial's last
+    epoch and Optuna's record of it then costs nothing. `identity`: (data.fingerprint(), the teacher's
+    state_digest or None) when the caller has them already."""
     space = search_space(params, arm)
     budget = study_budget(params, arm)  # the same numbers the arm's study (pruner, sampler) is built from
     first_prunable = first_prunable_epoch(budget["warmup_epochs"], budget["epochs_per_trial"],
@@ -54,40 +73,65 @@ def make_objective(params: Params, arm: str, data: Prepared, teacher: nn.Module 
     data_fingerprint, teacher_digest = identity or (data.fingerprint(),
                                                     state_digest(teacher) if teacher is not None else None)
 
-    def objective(trial: optuna.Trial) -> float:
+    def member(trial: optuna.Trial, parent: str | None) -> tuple[Member, str]:
         label = trial_label(trial)
         run = trial_run(params, arm, data, suggest_space(trial, space), label)
         if run.recipe.epochs != budget["epochs_per_trial"]:
             raise TrainingError(f"{arm} trial {label}: {run.recipe.epochs} epochs, budget says "
                                 f"{budget['epochs_per_trial']}")
+        net = run.spec.build(run.seed)  # every trial starts from the same seed: only its settings differ
+        logged = {**run.log_params(params), "num_params": count_params(net)}  # the keys a final run logs
+        run_id = open_run(run.name, {**tags, "trial_number": str(label), "optuna_trial": str(trial.number)}, logged,
+                          nested_in=parent)
 
         def report(record: dict[str, Any]) -> None:
             heartbeat(trial)
             trial.report(record["val_acc"], record["epoch"])
             if record["epoch"] >= first_prunable and trial.should_prune():
                 raise _prune(trial, f"{params.sweep.pruner} pruner: val_acc {record['val_acc']:.4f} at epoch "
-                                    f"{record['epoch']} below the other trials")
+                                    f"{record['epoch']} below the other trials", run_id)
 
-        net = run.spec.build(run.seed)  # every trial starts from the same seed: only its settings differ
-        logged = {**run.log_params(params), "num_params": count_params(net)}  # the keys a final run logs
         slot = trial.user_attrs.get("slot")  # set by run_study; shared studies (RDB) retry through Optuna instead
         checkpoint = checkpoint_dir / f"{arm}-trial-slot{slot}.pt" if checkpoint_dir and slot is not None else None
         extra = run_identity(run.spec, data_fingerprint, teacher_digest if run.uses_teacher else None)
-        with start_run(run.name, {**tags, "trial_number": str(label), "optuna_trial": str(trial.number)}, logged,
-                       nested=True):
-            try:
-                history = fit(net, data, run.recipe, teacher=teacher if run.uses_teacher else None,
-                              callbacks=[EpochLogger(), report], desc=f"{arm} trial {label}",
-                              teacher_cache=teacher_cache if run.uses_teacher else None,
-                              checkpoint=checkpoint, fingerprint_extra=extra, replay=True)
-            except TrainingError as exc:
-                raise _prune(trial, f"failed: {exc}") from None
-            value = objective_of(history, budget["objective_epochs"])
-            mlflow.log_metric("objective", value)
-            mlflow.set_tag("trial_state", "COMPLETE")
-        return value
+        return Member(net, run.recipe, f"{arm} trial {label}", checkpoint, [EpochLogger(run_id=run_id), report],
+                      extra, replay=True), run_id
+
+    def objective(trials: list[optuna.Trial]) -> list[float | optuna.TrialPruned]:
+        active = mlflow.active_run()
+        built = [member(t, active.info.run_id if active else None) for t in trials]
+        members = [m for m, _ in built]
+        labels = ", ".join(str(trial_label(t)) for t in trials)
+        try:
+            fit_group(members, data, teacher=teacher if members[0].recipe.loss.needs_teacher else None,
+                      teacher_cache=teacher_cache if members[0].recipe.loss.needs_teacher else None,
+                      desc=f"{arm} trial{'s' if len(trials) > 1 else ''} {labels}")
+        except BaseException as exc:
+            for _, run_id in built:
+                close_run(run_id, exc)
+            raise
+        return [_outcome(t, m, run_id, budget["objective_epochs"]) for t, (m, run_id) in zip(trials, built)]
 
     return objective
+
+
+def _outcome(trial: optuna.Trial, m: Member, run_id: str, objective_epochs: int) -> float | optuna.TrialPruned:
+    """A trial's value, or why it was pruned (a loss that stopped being finite prunes it with the reason)."""
+    outcome = m.outcome
+    if isinstance(outcome, TrainingError):
+        outcome = _prune(trial, f"failed: {outcome}", run_id)
+    if isinstance(outcome, optuna.TrialPruned):
+        close_run(run_id, outcome)
+        return outcome
+    if outcome is not None:
+        close_run(run_id, outcome)
+        raise outcome
+    value = objective_of(m.history, objective_epochs)
+    client = mlflow.MlflowClient()
+    client.log_metric(run_id, "objective", value)
+    client.set_tag(run_id, "trial_state", "COMPLETE")
+    close_run(run_id)
+    return value
 
 
 def trial_checkpoints(checkpoint_dir: Path, arm: str) -> list[Path]:

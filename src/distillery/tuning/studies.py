@@ -89,8 +89,9 @@ def slot_sampler(seed: int, startup_trials: int, slot: int) -> optuna.samplers.T
 
     Seeded by the slot rather than left to advance in one process: a sweep killed and rerun draws
     what the uninterrupted one would have, and a trial replacing one whose worker died gets the
-    dead one's settings (and so resumes its checkpoint)."""
-    return optuna.samplers.TPESampler(seed=seed + slot, n_startup_trials=startup_trials)
+    dead one's settings (and so resumes its checkpoint). constant_liar: a trial asked while others of its
+    batch still run (fused sweeps ask several at once) is drawn as if they had done badly, away from them."""
+    return optuna.samplers.TPESampler(seed=seed + slot, n_startup_trials=startup_trials, constant_liar=True)
 
 
 def open_study(storage_path: Path, name: str, cfg: SweepConfig, seed: int, warmup_epochs: int,
@@ -192,42 +193,66 @@ def free_slot(held: list[optuna.trial.FrozenTrial]) -> int:
     return next(k for k in range(len(taken) + 1) if k not in taken)
 
 
-def run_study(study: optuna.Study, objective: Callable[[optuna.Trial], float], n_trials: int,
+def run_study(study: optuna.Study, objective: Callable[[optuna.Trial], float] | None, n_trials: int,
               lock_path: Path | None = None, stale_after_s: float = 1800.0,
-              sampler_for: Callable[[int], optuna.samplers.BaseSampler] | None = None) -> SweepResult:
+              sampler_for: Callable[[int], optuna.samplers.BaseSampler] | None = None, *,
+              batch_objective: BatchObjective | None = None, batch: int = 1) -> SweepResult:
     """Run trials until the study holds `n_trials` finished (completed or pruned) trials.
 
-    Any number of workers may run this on the same study: a trial is only started, under a file
-    lock, while finished plus running trials are fewer than the cap, so together they stop at
-    exactly `n_trials`. A trial whose worker died is marked FAIL and replaced, never counted.
+    Trials are asked `batch` at a time (ask/tell) and run together by `batch_objective`, which returns
+    each one's value, or the TrialPruned it ended with; `objective` runs one trial at a time instead.
+    Any number of workers may run this on the same study: trials are only asked, under a file lock,
+    while finished plus running trials are fewer than the cap, so together they stop at exactly
+    `n_trials`. A trial whose worker died is marked FAIL and replaced, never counted.
     `sampler_for(slot)` (slot_sampler) draws each trial; the trial records its slot in user attr "slot".
     """
     from filelock import FileLock
 
+    run = batch_objective or (lambda trials: [_one(objective, t) for t in trials])
     lock = FileLock(str(lock_path or Path(tempfile.gettempdir()) / f"distillery-{study.study_name}.lock"))
     while True:
         with lock:
             fail_abandoned_trials(study, stale_after_s)
-            held = study.get_trials(deepcopy=False, states=(*FINISHED, optuna.trial.TrialState.RUNNING))
+            held: list[Any] = study.get_trials(deepcopy=False, states=(*FINISHED, optuna.trial.TrialState.RUNNING))
             if len(held) >= n_trials:
                 break
-            slot = free_slot(held)
-            if sampler_for is not None:
-                study.sampler = sampler_for(slot)
-            trial = study.ask()
-            trial.set_user_attr("slot", slot)
-            trial.set_user_attr("worker", this_process())
-            heartbeat(trial)
+            trials = [_ask(study, held, sampler_for) for _ in range(min(batch, n_trials - len(held)))]
         try:
-            value = objective(trial)
-        except optuna.TrialPruned:
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            outcomes = run(trials)
         except BaseException:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            for trial in trials:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
             raise
-        else:
-            study.tell(trial, value)
+        for trial, outcome in zip(trials, outcomes):
+            if isinstance(outcome, optuna.TrialPruned):
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            else:
+                study.tell(trial, outcome)
     return summarize_study(study)
+
+
+BatchObjective = Callable[[list[optuna.Trial]], list["float | optuna.TrialPruned"]]
+
+
+def _one(objective: Callable[[optuna.Trial], float], trial: optuna.Trial) -> float | optuna.TrialPruned:
+    try:
+        return objective(trial)
+    except optuna.TrialPruned as exc:
+        return exc
+
+
+def _ask(study: optuna.Study, held: list[Any], sampler_for) -> optuna.Trial:
+    """A new trial in the lowest free slot, drawn by that slot's sampler; `held` gains it. Trials asked
+    earlier in the same batch are still running: constant_liar samplers (slot_sampler) draw away from them."""
+    slot = free_slot(held)
+    if sampler_for is not None:
+        study.sampler = sampler_for(slot)
+    trial = study.ask()
+    trial.set_user_attr("slot", slot)
+    trial.set_user_attr("worker", this_process())
+    heartbeat(trial)
+    held.append(trial)
+    return trial
 
 
 def snapshot_study(study_name: str, storage_url: str, path: Path) -> None:
