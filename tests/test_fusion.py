@@ -123,7 +123,7 @@ def test_a_pruned_member_leaves_and_the_others_train_on_unmoved(data):
     assert group[0].history[-1]["group_size"] == 2
     for i in (0, 2):
         assert len(group[i].history) == 4
-        assert max_diff(weights(group[i].net), weights(ref[i].net)) < 2e-4
+        assert max_diff(weights(group[i].net), weights(ref[i].net)) < 2e-4  # 2 members now: summation order only
     assert max_diff(weights(group[1].net), weights(ref[1].net)) > 0  # it stopped: its weights are epoch 2's
 
 
@@ -158,7 +158,7 @@ def test_a_killed_group_resumes_every_member_from_its_own_checkpoint(data, tmp_p
     assert sorted(log.read_text().split("\n")[:-1]) == sorted(f"m{i}\t{e}" for i in range(3) for e in (3, 4))
     for a, b in zip(ref, resumed):
         assert [h["epoch"] for h in b.history] == [1, 2, 3, 4]
-        assert max_diff(weights(a.net), weights(b.net)) < 2e-4
+        assert max_diff(weights(a.net), weights(b.net)) == 0
 
 
 def test_a_member_whose_loss_is_not_finite_fails_alone(data):
@@ -213,3 +213,28 @@ def test_group_sizes_follow_the_setting():
     assert [len(c) for c in chunks(list(range(9)), 4)] == [3, 3, 3]
     assert [len(c) for c in chunks(list(range(5)), 16)] == [5]
     assert sum(chunks(list(range(10)), 3), []) == list(range(10))
+
+
+def test_a_kill_between_two_members_checkpoints_costs_one_epoch_and_no_bit(data, tmp_path):
+    """Killed while the group wrote its epoch-3 checkpoints: member 0's still says epoch 2. The others
+    step back to their previous checkpoint and the group redoes epoch 3 together."""
+    ref = fit_group(members("none", epochs=4), data, progress=False)
+
+    class Kill(BaseException):
+        pass
+
+    def kill_at_3(record):
+        if record["epoch"] == 3:
+            raise Kill()
+
+    group = members("none", epochs=4, tmp=tmp_path)
+    group[0].callbacks = [kill_at_3]
+    with pytest.raises(Kill):
+        fit_group(group, data, progress=False)
+    first = tmp_path / "m0.pt"
+    first.unlink()
+    (tmp_path / "m0.pt.previous").rename(first)  # as if the kill came before member 0's epoch-3 write
+    resumed = fit_group(members("none", epochs=4, tmp=tmp_path), data, progress=False)
+    for a, b in zip(ref, resumed):
+        assert [h["epoch"] for h in b.history] == [1, 2, 3, 4]
+        assert max_diff(weights(a.net), weights(b.net)) == 0

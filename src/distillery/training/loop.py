@@ -169,8 +169,9 @@ def _read_checkpoint(path: Path | None) -> dict[str, Any] | None:
 
 
 def checkpoint_fingerprint(path: Path) -> str | None:
-    """The fingerprint a checkpoint was written under, or None if there is no readable one."""
-    state = _read_checkpoint(path)
+    """The fingerprint a checkpoint (or, killed between the two writes, the one before it) was written
+    under, or None if there is no readable one."""
+    state = _read_checkpoint(path) or _read_checkpoint(_previous(path))
     return state.get("fingerprint") if state else None
 
 
@@ -222,6 +223,7 @@ class _Group:
     names: list[str]  # parameter names, the same in every member
     model: nn.Module | None = None  # a group of one's module as it is called: the net or its DDP wrapper
     constants: dict[tuple, tuple[torch.Tensor, ...]] = field(default_factory=dict)  # _constants' memo
+    fused: bool = False  # the stacked forward, even when one member is left (see fit_group)
 
     @property
     def steps(self) -> int:
@@ -245,7 +247,7 @@ def fit(net: nn.Module, data: Prepared, recipe: Recipe, *, teacher: nn.Module | 
 
 def fit_group(members: list[Member], data: Prepared, *, teacher: nn.Module | None = None,
               teacher_cache: TeacherCache | None = None, progress: bool = True, forbid_host_sync: bool = False,
-              ranks: Ranks | None = None, desc: str | None = None) -> list[Member]:
+              ranks: Ranks | None = None, desc: str | None = None, fused: bool | None = None) -> list[Member]:
     """Train every member in place, fused into one step per batch (fusion.py) when there are several.
 
     Each member keeps what makes it its own run: its seed's initial weights and drop-path draws, its
@@ -254,11 +256,15 @@ def fit_group(members: list[Member], data: Prepared, *, teacher: nn.Module | Non
     same view stream wrote them, and written there where not (bitwise the live result); members that see
     the same views share one teacher forward. `forbid_host_sync` (CUDA only, a diagnostic) raises if a
     training step makes the host wait for the GPU. With DISTILLERY_EPOCH_LOG set, each member's trained
-    epoch appends a line to that file: how much work a run and its resumptions really did."""
+    epoch appends a line to that file: how much work a run and its resumptions really did.
+
+    `fused` (default: more than one member) keeps the stacked forward when pruning leaves a single
+    member: its numbers change by summation order only. A group resumed after a kill reproduces the
+    uninterrupted run bit for bit (_resume_group)."""
     ranks = ranks or Ranks.from_env()
     group = _set_up(members, data, teacher, ranks, desc or members[0].desc)
-    for m in members:
-        _resume(m)
+    group.fused = len(members) > 1 if fused is None else fused
+    _resume_group(members, group.fused)
     if ranks.world > 1:
         teacher_cache = None  # each rank sees its slice of the view: the teacher runs live on it
         group.model = _distributed(members[0].net, group.device)
@@ -417,14 +423,39 @@ def _batch_size(n: int, mixing: float, ranks: Ranks, desc: str, wanted: int) -> 
     return batch_size
 
 
-def _resume(m: Member) -> None:
-    """Continue from the member's checkpoint when it was written by this very run (same fingerprint).
+def _resume_group(members: list[Member], fused: bool) -> None:
+    """Continue each member from its checkpoint when it was written by this very run (same fingerprint).
 
-    An absent, unreadable or foreign checkpoint has no matching fingerprint: the run starts afresh.
-    On the CPU: torch.set_rng_state takes CPU tensors only; load_state_dict moves weights and moments to the device."""
-    state = _read_checkpoint(m.checkpoint)
-    if state is None or state.get("fingerprint") != m.fingerprint:
-        return
+    A kill while a fused group writes its members' checkpoints leaves some one epoch ahead of the rest;
+    those step back to their previous checkpoint, so the group redoes that epoch together, as the
+    uninterrupted run did (a member's numbers in a fused step do not depend on the group, but differ
+    from its numbers alone). An absent, unreadable or foreign checkpoint starts the member afresh."""
+    states = [_own_states(m) for m in members]
+    latest = [max(s) if s else -1 for s in states]
+    behind = min(latest)
+    if fused and max(latest) == behind + 1 and all(behind in s for s in states):
+        latest = [behind] * len(members)
+    for m, s, epoch in zip(members, states, latest):
+        if epoch >= 0:
+            _resume(m, s[epoch])
+
+
+def _own_states(m: Member) -> dict[int, dict[str, Any]]:
+    """The member's readable checkpoints of this very run (its last one and the one before), by epoch."""
+    out = {}
+    for path in (m.checkpoint, _previous(m.checkpoint)) if m.checkpoint is not None else ():
+        state = _read_checkpoint(path)
+        if state is not None and state.get("fingerprint") == m.fingerprint:
+            out.setdefault(int(state["epoch"]), state)
+    return out
+
+
+def _previous(path: Path) -> Path:
+    return path.with_name(path.name + ".previous")
+
+
+def _resume(m: Member, state: dict[str, Any]) -> None:
+    """On the CPU: torch.set_rng_state takes CPU tensors only; load_state_dict moves weights and moments to the device."""
     m.net.load_state_dict(state["model"])
     m.optimizer.load_state_dict(state["optimizer"])
     m.scheduler.load_state_dict(state["scheduler"])
@@ -592,7 +623,7 @@ def _forward(group: _Group, members: list[Member], x: torch.Tensor, target: torc
     reference a fused member is tested against); several run as one stacked forward."""
     loss = members[0].recipe.loss
     with _autocast(group.device):
-        if len(members) == 1:
+        if not group.fused:
             m = members[0]
             for i, name in enumerate(m.paths):
                 m.net.get_submodule(name).mask = masks[0, i]
@@ -602,7 +633,7 @@ def _forward(group: _Group, members: list[Member], x: torch.Tensor, target: torc
             outputs = stacked_forward(members[0].net, group.names, [m.params for m in members], members[0].paths, x,
                                       masks)
     outputs = tuple(o.float() for o in outputs) if isinstance(outputs, tuple) else outputs.float()
-    if len(members) == 1:
+    if not group.fused:
         one = loss(tuple(o[0] for o in outputs) if isinstance(outputs, tuple) else outputs[0], target[0],
                    z_t[0] if z_t is not None else None)
         return outputs, {k: v.unsqueeze(0) for k, v in one.items()}
@@ -610,6 +641,9 @@ def _forward(group: _Group, members: list[Member], x: torch.Tensor, target: torc
 
 
 def _save_checkpoint(path: Path, net, optimizer, scheduler, history, epoch, fingerprint) -> None:
+    """The epoch's checkpoint; the one before it stays beside it as <name>.previous (_resume_group)."""
+    if path.exists():
+        os.replace(path, _previous(path))  # a kill right after leaves the previous one, under its other name
     with atomic_path(path) as tmp:  # a kill during the write leaves the previous checkpoint intact
         torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": _rng_state(), "history": history, "epoch": epoch, "fingerprint": fingerprint}, tmp)

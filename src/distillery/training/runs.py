@@ -172,6 +172,7 @@ def _keep_finished(unit: Unit, fingerprint: str, run_id: str, history: list[dict
     write_json(keep / "record.json", {"fingerprint": fingerprint, "code": code_digest(), "run_id": run_id,
                                       "history": history})
     unit.checkpoint.unlink(missing_ok=True)  # finished: a later run with new code must not resume from it
+    unit.checkpoint.with_name(unit.checkpoint.name + ".previous").unlink(missing_ok=True)
     unit.checkpoint.with_suffix(".mlflow_run").unlink(missing_ok=True)
 
 

@@ -136,4 +136,4 @@ def _outcome(trial: optuna.Trial, m: Member, run_id: str, objective_epochs: int)
 
 def trial_checkpoints(checkpoint_dir: Path, arm: str) -> list[Path]:
     """Every trial checkpoint of an arm's sweep; the stage deletes them once its outputs are written."""
-    return sorted(checkpoint_dir.glob(f"{arm}-trial-slot*.pt"))
+    return sorted([*checkpoint_dir.glob(f"{arm}-trial-slot*.pt"), *checkpoint_dir.glob(f"{arm}-trial-slot*.pt.previous")])
