@@ -99,6 +99,8 @@ def tracked_fit_group(units: list[Unit], data: Prepared, *, teacher: nn.Module |
         if done is not None:
             results[i] = done
     todo = [i for i in range(len(units)) if i not in results]
+    if not todo:  # every run finished before the stage was interrupted
+        return [results[i] for i in range(len(units))]
     run_ids = {i: open_run(units[i].name, units[i].tags,
                            {**units[i].log_params, "num_params": count_params(units[i].net)},
                            resume_id=_resumable_run(units[i], prints[i])) for i in todo}
