@@ -61,7 +61,9 @@ def body(ctx: StageContext) -> str:
         return make(p, arm.name, data, teacher, tags, teacher_cache(p, layout) if arm.uses_teacher else None,
                     checkpoint_dir=layout.checkpoint(arm.name).parent, identity=identity)
 
-    fused = group_size(p.train.fuse, budget["n_trials"], resolve_device(p.train.device),
+    # sweep.workers share the cap: each asks at most its share, or the first would take every trial
+    share = -(-budget["n_trials"] // p.sweep.workers)
+    fused = group_size(p.train.fuse, share, resolve_device(p.train.device),
                        forward_flops(student_spec(p, data, arm.name, 0.0).build(0),
                                      (data.image_size // p.student.patch_size) ** 2 + 2))
 

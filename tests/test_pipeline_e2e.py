@@ -236,24 +236,31 @@ def test_the_real_studies_spent_the_same_budget(repo):
 
 
 def test_the_teacher_runs_once_per_view_stream(repo):
-    """A distilled run replays the teacher's logits when an earlier run had the same views (view seed and
-    Mixup/CutMix alpha): hard's trials after soft's, hard's finals after soft's; it computes them otherwise."""
+    """A distilled run replays the teacher's logits when a run of an earlier stage had the same views (view
+    seed and Mixup/CutMix alpha): hard's trials after soft's, hard's finals after soft's; it computes them
+    otherwise. Runs of one stage train fused (train.fuse: auto), one group here: runs of a group that share
+    a view stream share one live teacher forward, which is what fills the cache."""
     dest = repo.dest
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{dest / 'mlflow.db'}")
     exp = client.get_experiment_by_name("distillery")
     runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id], max_results=500)}
+    groups = [[f"{arm}-trial-{n}" for n in range(TINY["sweep.n_trials"])] for arm in ("soft", "hard")]
+    groups += [[f"{arm}-seed{s}" for s in TINY["final.seeds"]] for arm in ("soft", "hard")]
     seen, streams = set(), set()
-    order = [f"{arm}-trial-{n}" for arm in ("soft", "hard") for n in range(TINY["sweep.n_trials"])]
-    order += [f"{arm}-seed{s}" for arm in ("soft", "hard") for s in TINY["final.seeds"]]
-    for name in order:  # the order DVC runs them in: soft's sweep, hard's sweep, soft's finals, hard's finals
-        run = runs[name]
-        stream = (run.data.params["view_seed"], float(run.data.params["mixing"]))
-        cached = [m.value for m in client.get_metric_history(run.info.run_id, "teacher_from_cache")]
-        assert cached == [1.0 if stream in seen else 0.0] * TINY["student.epochs"], (name, stream, seen)
-        seen.add(stream)
-        streams.add(stream)
+    for group in groups:  # the order DVC runs them in: soft's sweep, hard's sweep, soft's finals, hard's finals
+        in_group = set()
+        for name in group:
+            run = runs[name]
+            sizes = {m.value for m in client.get_metric_history(run.info.run_id, "group_size")}
+            assert sizes == {len(group)}, (name, sizes)  # trained as one fused group
+            stream = (run.data.params["view_seed"], float(run.data.params["mixing"]))
+            cached = [m.value for m in client.get_metric_history(run.info.run_id, "teacher_from_cache")]
+            assert cached == [1.0 if stream in seen else 0.0] * TINY["student.epochs"], (name, stream, seen)
+            in_group.add(stream)
+        seen |= in_group
+        streams |= in_group
     on_disk = list((dest / "cache/teacher").glob("*/epoch_*.npy"))
     assert len(on_disk) == len(streams) * TINY["student.epochs"]
 

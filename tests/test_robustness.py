@@ -150,6 +150,8 @@ def test_killed_sweep_keeps_finished_trials_and_completes_to_the_cap(project):
     original = params.read_text()
     raw = yaml.safe_load(original)
     raw["student"]["epochs"] = 15
+    # two fused batches of two: the kill lands in the second, after the first batch was told
+    raw["sweep"]["n_trials"], raw["train"]["fuse"] = 4, 2
     params.write_text(yaml.safe_dump(raw, sort_keys=False))
     try:
         _kill_and_resume_a_sweep(project)
@@ -178,23 +180,24 @@ def _kill_and_resume_a_sweep(project):
     log = run_ok([sys.executable, "pipeline/sweep.py", "--arm", "soft"], project)
     trials = study_trials(project, "soft")
     done = finished(trials)
-    assert len(done) == SMALL["sweep.n_trials"]
+    assert len(done) == 4
     assert all(before[n] == next(t.params for t in done if t.number == n) for n in before)  # nothing lost
-    assert [t.state.name for t in trials if t.state.name not in ("COMPLETE", "PRUNED")] == ["FAIL"]  # the killed one
+    failed = [t for t in trials if t.state.name not in ("COMPLETE", "PRUNED")]
+    assert [t.state.name for t in failed] == ["FAIL", "FAIL"]  # the killed batch
     assert json.loads((project / "sweeps/soft/best.json").read_text())["trial"] in {t.user_attrs["slot"] for t in done}
-    # the killed trial's slot is drawn again with the same settings and resumes from its last epoch
-    failed = next(t for t in trials if t.state.name == "FAIL")
-    replacement = next(t for t in done if t.user_attrs["slot"] == failed.user_attrs["slot"])
-    assert replacement.params == failed.params and replacement.number > failed.number
-    killed_at = epochs_kept.get(f"soft-trial-slot{failed.user_attrs['slot']}.pt", 0)
-    assert ("resuming from" in log) == (killed_at > 0), log[-2000:]
+    # each killed trial's slot is drawn again with the same settings and resumes from its last epoch
+    for dead in failed:
+        replacement = next(t for t in done if t.user_attrs["slot"] == dead.user_attrs["slot"])
+        assert replacement.params == dead.params and replacement.number > dead.number
+    killed_at = [epochs_kept.get(f"soft-trial-slot{t.user_attrs['slot']}.pt", 0) for t in failed]
+    assert ("resuming from" in log) == (max(killed_at) > 0), log[-2000:]
     assert not list((project / "checkpoints").glob("soft-trial-slot*.pt"))  # the stage ended: none left
     assert running_runs(project) == []  # the killed trial's and sweep's MLflow runs: closed as KILLED
 
 
 def test_two_sweep_workers_stop_at_exactly_the_cap(project):
     raw = yaml.safe_load((project / "params.yaml").read_text())
-    raw["sweep"]["n_trials"] = 4
+    raw["sweep"]["n_trials"], raw["train"]["fuse"] = 4, 2  # each asks two at a time: room for both
     (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     # their share of the cores, as sweep.workers gives them: with 2 threads each on 2 cores, this test
     # (then 6 trials) took 76 s here and over 600 s in one CI run

@@ -94,7 +94,7 @@ class TrainConfig(_Section):
     device_cache: Literal["auto", "on", "off"] = "auto"
     device_cache_mb: float = Field(4096.0, ge=0.0)
     compile: bool = False
-    fuse: Literal["auto", "off"] | int = "off"
+    fuse: Literal["auto", "off"] | int = "auto"
 
     def identity(self) -> dict[str, Any]:
         """What shapes a result: every field but where the training split is held (the same bytes either way)
