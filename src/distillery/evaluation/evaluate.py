@@ -15,7 +15,8 @@ from ..core.errors import ConfigError
 from ..core.paths import Layout
 from ..data import Prepared
 from ..training.augment import Normalizer
-from ..training.loop import predict, resolve_device
+from ..training.inference import predict
+from ..training.loop import resolve_device
 from ..training.models import count_params
 
 

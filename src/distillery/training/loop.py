@@ -27,15 +27,16 @@ from tqdm import tqdm
 from . import droppath
 from .augment import BatchAugment, Normalizer
 from .batches import batch_source, to_device
+from .checkpoints import previous_of, read_checkpoint, save_checkpoint, set_rng_state
 from .distributed import Ranks, all_sum, barrier
 from .distributed import init as init_distributed
 from ..core.config import AugmentConfig, TrainConfig
-from ..core.files import atomic_path
 from ..data import Prepared
 from ..core.errors import TrainingError
-from .losses import DistillLoss, soft_target_ce
+from .losses import DistillLoss
 from .fusion import stacked_forward, why_not_fusable
-from .models import split_heads, state_digest
+from .inference import autocast, val_metrics
+from .models import state_digest
 from .teacher_cache import TeacherCache, open_teacher_logits, stream_key
 from .views import ViewStream
 
@@ -98,81 +99,6 @@ def _steps_without_sync(batches, device: torch.device, forbid: bool):
             yield batch
     finally:
         torch.cuda.set_sync_debug_mode(previous)
-
-
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return torch.autocast(device_type="cpu", enabled=False)
-
-
-@torch.no_grad()
-def predict(net: nn.Module, x_uint8: np.ndarray | torch.Tensor, normalizer: Normalizer, batch_size: int,
-            device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Logits of the class head and (distilled ViT only) the distillation head, on CPU, float32."""
-    net.eval()
-    cls_out, dist_out = [], []
-    for start in range(0, len(x_uint8), batch_size):
-        # one batch at a time from the memory map: a split never has to fit in memory (copy: it is read-only)
-        chunk = x_uint8[start:start + batch_size]
-        chunk = chunk if isinstance(chunk, torch.Tensor) else torch.from_numpy(np.array(chunk))
-        x = normalizer(chunk.to(device, non_blocking=True))
-        with _autocast(device):
-            z_c, z_d = split_heads(net, x)
-        cls_out.append(z_c.float().cpu())
-        if z_d is not None:
-            dist_out.append(z_d.float().cpu())
-    return torch.cat(cls_out), (torch.cat(dist_out) if dist_out else None)
-
-
-def _val_metrics(net: nn.Module, data: Prepared, normalizer: Normalizer, batch_size: int,
-                 device: torch.device) -> dict[str, float]:
-    split = data.splits["val"]
-    z_c, z_d = predict(net, split.x, normalizer, batch_size, device)
-    y = torch.as_tensor(split.y)
-    logits = z_c if z_d is None else (z_c + z_d) / 2  # the inference rule: average the heads
-    out = {"val_loss": float(soft_target_ce(logits, y)), "val_acc": float((logits.argmax(1) == y).float().mean())}
-    if z_d is not None:
-        out["val_acc_cls"] = float((z_c.argmax(1) == y).float().mean())
-        out["val_acc_dist"] = float((z_d.argmax(1) == y).float().mean())
-    return out
-
-
-def _rng_state() -> dict[str, Any]:
-    # numpy's state holds an ndarray, which torch.load(weights_only=True) refuses: store its keys as a tensor
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    name, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _read_checkpoint(path: Path | None) -> dict[str, Any] | None:
-    """A training checkpoint's contents (on the CPU), or None if there is no readable one."""
-    if path is None or not path.exists():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # truncated, corrupt or foreign: not a checkpoint this run can resume from
-        return None
-    return state if isinstance(state, dict) else None
-
-
-def checkpoint_fingerprint(path: Path) -> str | None:
-    """The fingerprint a checkpoint (or, killed between the two writes, the one before it) was written
-    under, or None if there is no readable one."""
-    state = _read_checkpoint(path) or _read_checkpoint(_previous(path))
-    return state.get("fingerprint") if state else None
 
 
 @dataclass
@@ -311,7 +237,7 @@ def _finish_epoch(group: _Group, records: dict[int, tuple[Member, dict[str, Any]
     for m, record in records.values():
         m.history.append(record)
         if m.checkpoint is not None and group.ranks.main:  # one writer; the others wait for the file
-            _save_checkpoint(m.checkpoint, m.net, m.optimizer, m.scheduler, m.history, epoch, m.fingerprint)
+            save_checkpoint(m.checkpoint, m.net, m.optimizer, m.scheduler, m.history, epoch, m.fingerprint)
         if epoch_log and group.ranks.main:
             with open(epoch_log, "a") as fh:  # one short append: whole lines even when killed
                 fh.write(f"{m.desc}\t{epoch + 1}\n")
@@ -443,15 +369,11 @@ def _resume_group(members: list[Member], fused: bool) -> None:
 def _own_states(m: Member) -> dict[int, dict[str, Any]]:
     """The member's readable checkpoints of this very run (its last one and the one before), by epoch."""
     out = {}
-    for path in (m.checkpoint, _previous(m.checkpoint)) if m.checkpoint is not None else ():
-        state = _read_checkpoint(path)
+    for path in (m.checkpoint, previous_of(m.checkpoint)) if m.checkpoint is not None else ():
+        state = read_checkpoint(path)
         if state is not None and state.get("fingerprint") == m.fingerprint:
             out.setdefault(int(state["epoch"]), state)
     return out
-
-
-def _previous(path: Path) -> Path:
-    return path.with_name(path.name + ".previous")
 
 
 def _resume(m: Member, state: dict[str, Any]) -> None:
@@ -459,7 +381,7 @@ def _resume(m: Member, state: dict[str, Any]) -> None:
     m.net.load_state_dict(state["model"])
     m.optimizer.load_state_dict(state["optimizer"])
     m.scheduler.load_state_dict(state["scheduler"])
-    _set_rng_state(state["rng"])
+    set_rng_state(state["rng"])
     m.history = state["history"]
     m.start_epoch = state["epoch"] + 1
     if m.start_epoch < m.recipe.epochs:
@@ -560,7 +482,7 @@ def _epoch_records(group: _Group, active: list[Member], live: list[int], epoch: 
             "train_loss": train_loss,
             "train_acc": float(sums["correct"][i]) / (group.steps * group.batch_size),
             **{f"train_{k}": float(v[i]) / group.steps for k, v in sums.items() if k not in ("loss", "correct")},
-            **_val_metrics(m.net, group.data, group.normalizer, m.recipe.train.eval_batch_size, group.device),
+            **val_metrics(m.net, group.data, group.normalizer, m.recipe.train.eval_batch_size, group.device),
             "lr": m.optimizer.param_groups[0]["lr"],
             "epoch_seconds": seconds,
             "group_size": len(active),
@@ -622,7 +544,7 @@ def _forward(group: _Group, members: list[Member], x: torch.Tensor, target: torc
     """Outputs and loss parts with a leading member dimension. A lone member runs its own module (the
     reference a fused member is tested against); several run as one stacked forward."""
     loss = members[0].recipe.loss
-    with _autocast(group.device):
+    with autocast(group.device):
         if not group.fused:
             m = members[0]
             for i, name in enumerate(m.paths):
@@ -638,12 +560,3 @@ def _forward(group: _Group, members: list[Member], x: torch.Tensor, target: torc
                    z_t[0] if z_t is not None else None)
         return outputs, {k: v.unsqueeze(0) for k, v in one.items()}
     return outputs, loss.group(outputs, target, z_t, alpha, tau)
-
-
-def _save_checkpoint(path: Path, net, optimizer, scheduler, history, epoch, fingerprint) -> None:
-    """The epoch's checkpoint; the one before it stays beside it as <name>.previous (_resume_group)."""
-    if path.exists():
-        os.replace(path, _previous(path))  # a kill right after leaves the previous one, under its other name
-    with atomic_path(path) as tmp:  # a kill during the write leaves the previous checkpoint intact
-        torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": _rng_state(), "history": history, "epoch": epoch, "fingerprint": fingerprint}, tmp)

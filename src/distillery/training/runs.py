@@ -27,7 +27,8 @@ from ..core.files import atomic_path, write_csv, write_json, write_text
 from ..data import Prepared
 from .models import ModelSpec, count_params, save_model, state_digest
 from .tracking import EpochLogger, close_run, open_run, resume_run, start_run, system_metrics
-from .loop import EpochCallback, Member, Recipe, checkpoint_fingerprint, fit, fit_group
+from .checkpoints import checkpoint_fingerprint, previous_of
+from .loop import EpochCallback, Member, Recipe, fit, fit_group
 from .distributed import Ranks
 from .teacher_cache import TeacherCache
 
@@ -174,7 +175,7 @@ def _keep_finished(unit: Unit, fingerprint: str, run_id: str, history: list[dict
     write_json(keep / "record.json", {"fingerprint": fingerprint, "code": code_digest(), "run_id": run_id,
                                       "history": history})
     unit.checkpoint.unlink(missing_ok=True)  # finished: a later run with new code must not resume from it
-    unit.checkpoint.with_name(unit.checkpoint.name + ".previous").unlink(missing_ok=True)
+    previous_of(unit.checkpoint).unlink(missing_ok=True)
     unit.checkpoint.with_suffix(".mlflow_run").unlink(missing_ok=True)
 
 
