@@ -163,9 +163,11 @@ def _kill_and_resume_a_sweep(project):
     proc = stage(project, "pipeline/sweep.py", "--arm", "soft")
     db = project / "sweeps/soft/study.db"
 
-    def one_done_one_running():
+    def one_done_one_running():  # the first batch told, the second one epoch in (its settings drawn)
         states = trial_states(db) if db.exists() else []
-        return sum(s in ("COMPLETE", "PRUNED") for s in states) >= 1 and "RUNNING" in states
+        second = [project / f"checkpoints/soft-trial-slot{k}.pt" for k in (2, 3)]
+        return (sum(s in ("COMPLETE", "PRUNED") for s in states) >= 2 and "RUNNING" in states
+                and any(checkpoint_epoch(p) >= 1 for p in second if p.exists()))
 
     try:
         wait_for(one_done_one_running, what="a finished trial and a running one")
