@@ -2,14 +2,15 @@
 
 Run:  python benchmarks/fusion_seed_spread.py [--seeds 32] [--arm none] [--group 16] [--epochs N]
                                               [--json benchmarks/results/fusion_seed_spread_cpu.json]
+      python benchmarks/fusion_seed_spread.py --summarize benchmarks/results/fusion_seed_spread_cpu.json
 
 Trains `--seeds` runs of one arm on the built-in digits at the default recipe (params.yaml; the
 hyperparameters below, fixed), each seed its own initial weights, views and drop-path draws: once each
 seed alone (a group of one), once in fused groups of `--group`. Reads only the val split. Prints per mode
 the mean and SD of the last epoch's val accuracy, the F-test 95 % interval of the ratio of the two
-variances (fused / alone; it should cover 1), and the paired per-seed differences: a fused run and its
-run alone differ in floating-point summation order only, so the pairs should nearly coincide, and the
-spread is the seeds' own, not the group's.
+variances (fused / alone; it should cover 1), and the paired per-seed differences. A fused run and its
+run alone differ in floating-point summation order only, which training amplifies over the epochs: the
+pairs need not coincide, but the two spreads must agree.
 """
 
 from __future__ import annotations
@@ -62,7 +63,11 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=16)
     ap.add_argument("--epochs", type=int, help="default: student.epochs of params.yaml")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--summarize", type=Path, help="only print the comparison in a JSON this script wrote")
     args = ap.parse_args()
+    if args.summarize:
+        summarize(json.loads(args.summarize.read_text()))
+        return
     if args.arm in ("soft", "hard"):
         raise SystemExit("fusion_seed_spread: the distilled arms need a trained teacher; use none or control")
 
@@ -83,23 +88,33 @@ def main() -> None:
                                                     data, progress=False, fused=True))]
         t_fused = time.time() - t0
 
-    diffs = [f - a for f, a in zip(fused, alone)]
-    ratio, lo, hi = variance_ratio_interval(fused, alone)
     out = {"arm": args.arm, "seeds": seeds, "group": args.group, "epochs": args.epochs or params.student.epochs,
            "hparams": HPARAMS, "val_acc_alone": alone, "val_acc_fused": fused,
-           "mean_alone": statistics.mean(alone), "sd_alone": statistics.stdev(alone),
-           "mean_fused": statistics.mean(fused), "sd_fused": statistics.stdev(fused),
-           "variance_ratio": ratio, "variance_ratio_95": [lo, hi],
-           "paired_max_abs_diff": max(map(abs, diffs)), "paired_identical": sum(d == 0 for d in diffs),
            "one_val_image": 100 / len(data.splits["val"].y), "seconds_alone": t_alone, "seconds_fused": t_fused}
-    print(f"{args.arm}, {len(seeds)} seeds, {out['epochs']} epochs, val split of {len(data.splits['val'].y)} images")
-    print(f"  alone : mean {out['mean_alone']:.2f}  SD {out['sd_alone']:.2f}   ({t_alone:.0f} s)")
-    print(f"  fused : mean {out['mean_fused']:.2f}  SD {out['sd_fused']:.2f}   (groups of {args.group}, {t_fused:.0f} s)")
-    print(f"  variance fused / alone {ratio:.3f}, 95 % F interval [{lo:.2f}, {hi:.2f}]")
-    print(f"  paired: {out['paired_identical']}/{len(seeds)} seeds equal, largest |difference| "
-          f"{out['paired_max_abs_diff']:.2f} points (one val image = {out['one_val_image']:.2f})")
+    out.update(summarize(out))
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
+
+
+def summarize(out: dict) -> dict:
+    """Print and return the comparison of a run's (or a saved JSON's) two lists of val accuracies."""
+    alone, fused = out["val_acc_alone"], out["val_acc_fused"]
+    diffs = [f - a for f, a in zip(fused, alone)]
+    ratio, lo, hi = variance_ratio_interval(fused, alone)
+    got = {"mean_alone": statistics.mean(alone), "sd_alone": statistics.stdev(alone),
+           "mean_fused": statistics.mean(fused), "sd_fused": statistics.stdev(fused),
+           "variance_ratio": ratio, "variance_ratio_95": [lo, hi], "paired_sd": statistics.stdev(diffs),
+           "paired_correlation": statistics.correlation(alone, fused),
+           "paired_max_abs_diff": max(map(abs, diffs)), "paired_identical": sum(d == 0 for d in diffs)}
+    print(f"{out['arm']}, {len(alone)} seeds, {out['epochs']} epochs, val accuracy (%)")
+    print(f"  alone : mean {got['mean_alone']:.2f}  SD {got['sd_alone']:.2f}   ({out['seconds_alone']:.0f} s)")
+    print(f"  fused : mean {got['mean_fused']:.2f}  SD {got['sd_fused']:.2f}   (groups of {out['group']}, "
+          f"{out['seconds_fused']:.0f} s)")
+    print(f"  variance fused / alone {ratio:.3f}, 95 % F interval [{lo:.2f}, {hi:.2f}]")
+    print(f"  paired (same seed): {got['paired_identical']}/{len(alone)} equal, SD of fused - alone "
+          f"{got['paired_sd']:.2f}, correlation {got['paired_correlation']:.2f}, largest |difference| "
+          f"{got['paired_max_abs_diff']:.2f} (one val image = {out['one_val_image']:.2f})")
+    return got
 
 
 if __name__ == "__main__":

@@ -198,6 +198,8 @@ def test_what_cannot_be_fused_is_named(teacher):
 
         r = Recipe(epochs=1, lr=1e-3, weight_decay=0.0, mixing=0.0, train=TrainConfig(batch_size=16), augment=AUGMENT)
         fit_group([Member(copy.deepcopy(teacher), r), Member(copy.deepcopy(teacher), r)], toy_data(), progress=False)
+    with pytest.raises(TrainingError, match="cannot be fused"):  # asked for the stacked forward with one member
+        fit_group([Member(copy.deepcopy(teacher), r)], toy_data(), progress=False, fused=True)
 
 
 def test_group_sizes_follow_the_setting():

@@ -188,8 +188,8 @@ def fit_group(members: list[Member], data: Prepared, *, teacher: nn.Module | Non
     member: its numbers change by summation order only. A group resumed after a kill reproduces the
     uninterrupted run bit for bit (_resume_group)."""
     ranks = ranks or Ranks.from_env()
-    group = _set_up(members, data, teacher, ranks, desc or members[0].desc)
-    group.fused = len(members) > 1 if fused is None else fused
+    fused = len(members) > 1 if fused is None else fused
+    group = _set_up(members, data, teacher, ranks, desc or members[0].desc, fused)
     _resume_group(members, group.fused)
     if ranks.world > 1:
         teacher_cache = None  # each rank sees its slice of the view: the teacher runs live on it
@@ -246,10 +246,11 @@ def _finish_epoch(group: _Group, records: dict[int, tuple[Member, dict[str, Any]
         _call_back(m, record)
 
 
-def _set_up(members: list[Member], data: Prepared, teacher: nn.Module | None, ranks: Ranks, desc: str) -> _Group:
+def _set_up(members: list[Member], data: Prepared, teacher: nn.Module | None, ranks: Ranks, desc: str,
+            fused: bool) -> _Group:
     """Check the members can share a group, place them and the data on the device, build each one's run."""
     lead = members[0].recipe
-    _check_group(members, ranks)
+    _check_group(members, ranks, fused)
     device = _place([m.net for m in members], teacher, lead, ranks, desc)
     train = data.splits["train"]
     batch_size = _batch_size(len(train.y), max(m.recipe.mixing for m in members), ranks, desc, lead.train.batch_size)
@@ -257,7 +258,7 @@ def _set_up(members: list[Member], data: Prepared, teacher: nn.Module | None, ra
     images = batch_source(train.x, device, lead.train, desc)
     y_train = torch.as_tensor(train.y).to(device)
     group = _Group(members, data, device, ranks, desc, batch_size, normalizer, images, y_train,
-                   [n for n, _ in members[0].net.named_parameters()], members[0].net)
+                   [n for n, _ in members[0].net.named_parameters()], members[0].net, fused=fused)
     for m in members:
         _set_up_member(group, m)
     if lead.train.compile:
@@ -265,8 +266,8 @@ def _set_up(members: list[Member], data: Prepared, teacher: nn.Module | None, ra
     return group
 
 
-def _check_group(members: list[Member], ranks: Ranks) -> None:
-    """Members of one group share a batch, a loss kind and a device; several must be fusable."""
+def _check_group(members: list[Member], ranks: Ranks, fused: bool) -> None:
+    """Members of one group share a batch, a loss kind and a device; fused ones must be fusable."""
     lead = members[0].recipe
     for m in members[1:]:
         r = m.recipe
@@ -274,7 +275,7 @@ def _check_group(members: list[Member], ranks: Ranks) -> None:
                 (lead.train, lead.augment, lead.loss.kind, lead.loss.kl_reduction, type(members[0].net)):
             raise TrainingError(f"{m.desc} cannot train in a group with {members[0].desc}: their recipes differ "
                                 "beyond their seeds and searched settings")
-    if len(members) > 1:
+    if fused:
         why = why_not_fusable(members[0].net)
         if why or ranks.world > 1 or lead.train.compile:
             raise TrainingError(f"{members[0].desc} cannot be fused with other runs: "
