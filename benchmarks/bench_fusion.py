@@ -23,6 +23,7 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -128,7 +129,10 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
-    params = parse_params(profile_values(ROOT, args.profile, {"distill": {"teacher": "live"}}))
+    overrides = {"distill": {"teacher": "live"}}
+    if args.profile == "photos-small":  # a folder profile: the schema wants a folder, the images are synthetic
+        overrides["data"] = {"path": tempfile.mkdtemp(prefix="bench_fusion_")}
+    params = parse_params(profile_values(ROOT, args.profile, overrides))
     channels, classes, n = SHAPES.get(args.profile, (3, 5, 2569))
     data = synthetic(params, channels, classes, args.images or n)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

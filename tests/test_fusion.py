@@ -208,6 +208,8 @@ def test_group_sizes_follow_the_setting():
     assert group_size("auto", 5, cpu, 1e6) == 5
     assert group_size("auto", 40, cpu, 1e6) == 16
     assert group_size("auto", 40, cpu, 1e10) == 1  # compute-bound on a CPU: nothing to gain
+    assert group_size("auto", 40, cpu, 1.62e8) == 1  # photos-small's student: slower fused on a 2-core CPU
+    assert group_size("auto", 40, cpu, 7.3e6) == 16  # the default student: faster
     assert group_size("auto", 100, cuda, 1e7) == 64
     assert group_size("auto", 100, cuda, 2e9) == 1  # DeiT-Tiny at 224 px fills a GPU alone
     assert group_size(4, 10, cpu, 1e6) == 4
