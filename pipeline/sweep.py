@@ -23,7 +23,7 @@ from distillery.training.plan import student_spec, teacher_cache
 from distillery.training.tracking import base_tags, setup_tracking, start_run
 from distillery.tuning.objective import make_batch_objective, make_objective, trial_checkpoints
 from distillery.tuning.studies import (arm_sampler_for, open_arm_study, param_importance, run_shared_study, run_study,
-                                      snapshot_study, study_name, summarize_study)
+                                      snapshot_study, study_name, suggest_space, summarize_study)
 from distillery.tuning.workers import run_workers
 
 
@@ -80,7 +80,7 @@ def body(ctx: StageContext) -> str:
         else:
             result = run_study(study, None, budget["n_trials"], lock_path=out_dir / "study.lock",
                                sampler_for=arm_sampler_for(budget), batch_objective=objective(batched=True),
-                               batch=fused)
+                               batch=fused, draw=lambda trial: suggest_space(trial, search_space(p, arm.name)))
         if ctx.args.worker:
             return f"{arm.name} worker: the study holds {len(result.trials)} trials"
         if not result.best:

@@ -135,3 +135,22 @@ def test_an_unreachable_sweep_database_is_one_line(tmp_path):
     msg = str(info.value)
     assert "sweep.storage 'postgresql+psycopg://me:***@127.0.0.1:1/optuna' cannot be used" in msg
     assert "secret" not in msg and "\n" not in msg
+
+
+def test_a_batch_draws_each_trial_from_its_own_slots_sampler(tmp_path):
+    """Trials asked three at a time get the settings trials asked one at a time get in the same slots
+    (all random draws here: start-up trials cover the study), so a killed trial redrawn in its slot,
+    alone or in another batch, trains what it trained before."""
+    from distillery.tuning.studies import slot_sampler
+
+    cfg = SweepConfig(n_trials=3, startup_trials=3)
+    sampler_for = lambda slot: slot_sampler(0, cfg.startup_trials, slot)  # noqa: E731
+    draw = lambda t: suggest_space(t, SPACE)  # noqa: E731
+    settings = {}
+    for batch in (1, 3):
+        study = open_(tmp_path / f"b{batch}.db", cfg)
+        run_study(study, None, 3, sampler_for=sampler_for, batch=batch, draw=draw,
+                  batch_objective=lambda trials: [suggest_space(t, SPACE)["alpha"] for t in trials])
+        settings[batch] = {t.user_attrs["slot"]: t.params for t in study.trials}
+    assert settings[3] == settings[1]
+    assert len({round(p["alpha"], 12) for p in settings[3].values()}) == 3

@@ -196,7 +196,8 @@ def free_slot(held: list[optuna.trial.FrozenTrial]) -> int:
 def run_study(study: optuna.Study, objective: Callable[[optuna.Trial], float] | None, n_trials: int,
               lock_path: Path | None = None, stale_after_s: float = 1800.0,
               sampler_for: Callable[[int], optuna.samplers.BaseSampler] | None = None, *,
-              batch_objective: BatchObjective | None = None, batch: int = 1) -> SweepResult:
+              batch_objective: BatchObjective | None = None, batch: int = 1,
+              draw: Callable[[optuna.Trial], Any] | None = None) -> SweepResult:
     """Run trials until the study holds `n_trials` finished (completed or pruned) trials.
 
     Trials are asked `batch` at a time (ask/tell) and run together by `batch_objective`, which returns
@@ -205,6 +206,9 @@ def run_study(study: optuna.Study, objective: Callable[[optuna.Trial], float] | 
     while finished plus running trials are fewer than the cap, so together they stop at exactly
     `n_trials`. A trial whose worker died is marked FAIL and replaced, never counted.
     `sampler_for(slot)` (slot_sampler) draws each trial; the trial records its slot in user attr "slot".
+    `draw(trial)` (suggest_space) draws its settings right when it is asked, under its slot's sampler:
+    the objective's own suggestions come later, when the study's sampler is the batch's last slot's,
+    and would otherwise draw every trial of a batch from that one sampler.
     """
     from filelock import FileLock
 
@@ -216,7 +220,7 @@ def run_study(study: optuna.Study, objective: Callable[[optuna.Trial], float] | 
             held: list[Any] = study.get_trials(deepcopy=False, states=(*FINISHED, optuna.trial.TrialState.RUNNING))
             if len(held) >= n_trials:
                 break
-            trials = [_ask(study, held, sampler_for) for _ in range(min(batch, n_trials - len(held)))]
+            trials = [_ask(study, held, sampler_for, draw) for _ in range(min(batch, n_trials - len(held)))]
         try:
             outcomes = run(trials)
         except BaseException:
@@ -241,7 +245,7 @@ def _one(objective: Callable[[optuna.Trial], float], trial: optuna.Trial) -> flo
         return exc
 
 
-def _ask(study: optuna.Study, held: list[Any], sampler_for) -> optuna.Trial:
+def _ask(study: optuna.Study, held: list[Any], sampler_for, draw=None) -> optuna.Trial:
     """A new trial in the lowest free slot, drawn by that slot's sampler; `held` gains it. Trials asked
     earlier in the same batch are still running: constant_liar samplers (slot_sampler) draw away from them."""
     slot = free_slot(held)
@@ -250,6 +254,8 @@ def _ask(study: optuna.Study, held: list[Any], sampler_for) -> optuna.Trial:
     trial = study.ask()
     trial.set_user_attr("slot", slot)
     trial.set_user_attr("worker", this_process())
+    if draw is not None:
+        draw(trial)
     heartbeat(trial)
     held.append(trial)
     return trial
