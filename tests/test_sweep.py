@@ -76,8 +76,35 @@ def test_a_killed_trials_slot_is_reused_not_one_another_worker_is_running(tmp_pa
         elif state == "FAIL":
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
     drawn = []
-    run_study(study, lambda t: drawn.append(t.user_attrs["slot"]) or 0.1, 3)
+
+    def objective(t):  # meanwhile the other worker finishes slot 2: until then this one waits for it
+        drawn.append(t.user_attrs["slot"])
+        study.tell(trial, 0.4)
+        return 0.1
+
+    result = run_study(study, objective, 3, poll_s=0.01)
     assert drawn == [1]  # one free place under the cap, and it is the killed trial's
+    assert len(result.trials) == 3
+
+
+def test_a_worker_returns_only_when_the_other_workers_trials_have_finished(tmp_path):
+    """Its summary is the whole study's: returning while another worker's trial still ran, a worker whose
+    own trials were all pruned reported "no trial completed" (two fused workers, four trials)."""
+    import threading
+
+    from distillery.core.processes import this_process
+
+    study = open_(tmp_path / "study.db", SweepConfig(n_trials=2))
+    other = study.ask()
+    other.set_user_attr("slot", 0)
+    other.set_user_attr("worker", this_process())  # alive: its trial is not abandoned
+    threading.Timer(0.5, lambda: study.tell(other, 0.9)).start()
+
+    def pruned(trial):
+        raise optuna.TrialPruned()
+
+    result = run_study(study, pruned, 2, poll_s=0.05)
+    assert result.best["trial"] == 0 and result.best["objective"] == 0.9
 
 
 def test_best_records_fixed_and_categorical_knobs(tmp_path):

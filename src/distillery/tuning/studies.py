@@ -197,14 +197,15 @@ def run_study(study: optuna.Study, objective: Callable[[optuna.Trial], float] | 
               lock_path: Path | None = None, stale_after_s: float = 1800.0,
               sampler_for: Callable[[int], optuna.samplers.BaseSampler] | None = None, *,
               batch_objective: BatchObjective | None = None, batch: int = 1,
-              draw: Callable[[optuna.Trial], Any] | None = None) -> SweepResult:
+              draw: Callable[[optuna.Trial], Any] | None = None, poll_s: float = 1.0) -> SweepResult:
     """Run trials until the study holds `n_trials` finished (completed or pruned) trials.
 
     Trials are asked `batch` at a time (ask/tell) and run together by `batch_objective`, which returns
     each one's value, or the TrialPruned it ended with; `objective` runs one trial at a time instead.
     Any number of workers may run this on the same study: trials are only asked, under a file lock,
     while finished plus running trials are fewer than the cap, so together they stop at exactly
-    `n_trials`. A trial whose worker died is marked FAIL and replaced, never counted.
+    `n_trials`. A worker returns only once every trial has finished (polling every `poll_s` s), so its
+    summary is the whole study's. A trial whose worker died is marked FAIL and replaced, never counted.
     `sampler_for(slot)` (slot_sampler) draws each trial; the trial records its slot in user attr "slot".
     `draw(trial)` (suggest_space) draws its settings right when it is asked, under its slot's sampler:
     the objective's own suggestions come later, when the study's sampler is the batch's last slot's,
@@ -219,8 +220,14 @@ def run_study(study: optuna.Study, objective: Callable[[optuna.Trial], float] | 
             fail_abandoned_trials(study, stale_after_s)
             held: list[Any] = study.get_trials(deepcopy=False, states=(*FINISHED, optuna.trial.TrialState.RUNNING))
             if len(held) >= n_trials:
-                break
-            trials = [_ask(study, held, sampler_for, draw) for _ in range(min(batch, n_trials - len(held)))]
+                if len(study.get_trials(deepcopy=False, states=FINISHED)) >= n_trials:
+                    break
+                trials = []  # the rest run in other workers: wait, and take over any whose worker dies
+            else:
+                trials = [_ask(study, held, sampler_for, draw) for _ in range(min(batch, n_trials - len(held)))]
+        if not trials:
+            time.sleep(poll_s)
+            continue
         try:
             outcomes = run(trials)
         except BaseException:
