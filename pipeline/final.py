@@ -18,8 +18,8 @@ from distillery.training.distributed import Ranks, shutdown
 from distillery.training.loop import resolve_device
 from distillery.training.machine import machine_info
 from distillery.training.models import check_model_names, load_model
-from distillery.training.plan import final_run, teacher_cache
-from distillery.training.fusion import chunks, forward_flops, group_size
+from distillery.training.plan import final_run, fused_group_size, teacher_cache
+from distillery.training.fusion import chunks
 from distillery.training.runs import Unit, tracked_fit, tracked_fit_group
 from distillery.training.tracking import base_tags, setup_tracking, system_metrics_on
 
@@ -44,8 +44,7 @@ def body(ctx: StageContext) -> str:
         setup_tracking(p.tracking, layout)
     cache = teacher_cache(p, layout) if arm.uses_teacher else None
     plans = [final_run(p, arm.name, data, best, seed) for seed in p.final.seeds]
-    k = group_size(p.train.fuse, len(plans), resolve_device(p.train.device),
-                   forward_flops(plans[0].spec.build(0), (data.image_size // p.student.patch_size) ** 2 + 2), ranks.world)
+    k = fused_group_size(p, data, arm.name, len(plans), ranks.world)
     per_seed = {}
 
     def unit(run):

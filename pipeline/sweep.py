@@ -16,10 +16,8 @@ from distillery.core.cli import StageContext, main_for
 from distillery.core.errors import TrainingError
 from distillery.core.files import Best, write_csv, write_json
 from distillery.data import load_prepared
-from distillery.training.fusion import forward_flops, group_size
-from distillery.training.loop import resolve_device
 from distillery.training.models import check_model_names, load_model, state_digest
-from distillery.training.plan import student_spec, teacher_cache
+from distillery.training.plan import fused_group_size, teacher_cache
 from distillery.training.tracking import base_tags, setup_tracking, start_run
 from distillery.tuning.objective import make_batch_objective, make_objective, trial_checkpoints
 from distillery.tuning.studies import (arm_sampler_for, open_arm_study, param_importance, run_shared_study, run_study,
@@ -63,9 +61,7 @@ def body(ctx: StageContext) -> str:
 
     # sweep.workers share the cap: each asks at most its share, or the first would take every trial
     share = -(-budget["n_trials"] // p.sweep.workers)
-    fused = group_size(p.train.fuse, share, resolve_device(p.train.device),
-                       forward_flops(student_spec(p, data, arm.name, 0.0).build(0),
-                                     (data.image_size // p.student.patch_size) ** 2 + 2))
+    fused = fused_group_size(p, data, arm.name, share)
 
     with start_run(f"sweep-{arm.name}", {**tags, "model_kind": "sweep"},
                    {"arm": arm.name, "budget": budget, "study_name": name}):

@@ -21,7 +21,8 @@ from ..core.config import Params
 from ..core.files import Best
 from ..core.paths import Layout
 from ..data import Prepared
-from .loop import Recipe
+from .fusion import forward_flops, group_size
+from .loop import Recipe, resolve_device
 from .losses import DistillLoss
 from .models import ModelSpec, build_teacher, vit_spec
 from .teacher_cache import TeacherCache
@@ -99,3 +100,10 @@ def teacher_cache(params: Params, layout: Layout) -> TeacherCache | None:
     if not root.is_absolute():
         root = layout.home / root
     return TeacherCache(root, int(d.cache_max_mb * 2**20))
+
+
+def fused_group_size(params: Params, data: Prepared, arm: str, runs: int, world: int = 1) -> int:
+    """How many of an arm's `runs` train together (train.fuse), from the device and the student's FLOPs."""
+    tokens = (data.image_size // params.student.patch_size) ** 2 + 2  # patches, class and distillation tokens
+    flops = forward_flops(student_spec(params, data, arm, 0.0).build(0), tokens)
+    return group_size(params.train.fuse, runs, resolve_device(params.train.device), flops, world)
