@@ -6,9 +6,9 @@ distillation token per layer) and metrics/test_predictions.csv.
 """
 
 from distillery.core.cli import StageContext, main_for
-from distillery.core.files import atomic_path, write_json
+from distillery.core.files import atomic_path, read_json, write_json
 from distillery.data import SPLITS, load_prepared
-from distillery.evaluation.evaluate import evaluate_all
+from distillery.evaluation.evaluate import evaluate_all, seed_models
 from distillery.training.loop import resolve_device
 from distillery.training.machine import machine_info
 
@@ -16,7 +16,9 @@ from distillery.training.machine import machine_info
 def body(ctx: StageContext) -> str:
     p, layout = ctx.params, ctx.layout
     data = load_prepared(layout.prepared, splits=SPLITS)
-    result = evaluate_all(layout, p.arms.all, p.final.seeds, data, p.train, p.evaluate.throughput_repeats)
+    plan = read_json(layout.seed_plan) if layout.seed_plan.exists() else None
+    models = seed_models(layout, p.arms.all, p.final.seeds, plan)
+    result = evaluate_all(layout, models, data, p.train, p.evaluate.throughput_repeats)
     write_json(layout.metrics / "evaluation.json", result.metrics)
     device = resolve_device(p.train.device)
     write_json(layout.metrics / "throughput.json", {"images_per_s": result.throughput, "machine": machine_info(device)})

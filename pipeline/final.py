@@ -1,19 +1,24 @@
-"""Stage final@<arm>: retrain the arm's best configuration once per seed in final.seeds.
+"""Stage final@<arm>: retrain the arm's best configuration once per pilot seed (final.seeds);
+with --extra (stage extra@<arm>), once per seed metrics/seed_plan.json adds after the pilot.
 
 The seeds train fused, train.fuse of them per step (fusion.py): each still its own run, model and
 MLflow run, equal to the same seed trained alone up to floating-point summation order.
 
-Writes models/<arm>/seed_<s>.pt, metrics/history/<arm>/seed_<s>.csv and metrics/final/<arm>.json.
+Writes models/<arm>/seed_<s>.pt, metrics/history/<arm>/seed_<s>.csv, metrics/final/<arm>.json and the
+pilot's val predictions metrics/val_predictions/<arm>.csv (the extra seeds: the same under extra/).
 A no-teacher arm never loads the teacher (and its DVC stage does not depend on it).
 """
 
 import argparse
 
+import pandas as pd
+
 from distillery.core.arms import ARMS, get_arm
 from distillery.core.cli import StageContext, main_for
 from distillery.core.errors import ConfigError
-from distillery.core.files import Best, objective_of, write_json
+from distillery.core.files import Best, atomic_path, objective_of, read_json, write_json
 from distillery.data import load_prepared
+from distillery.evaluation.evaluate import head_predictions
 from distillery.training.distributed import Ranks, shutdown
 from distillery.training.loop import resolve_device
 from distillery.training.machine import machine_info
@@ -26,6 +31,19 @@ from distillery.training.tracking import base_tags, setup_tracking, system_metri
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arm", required=True, choices=list(ARMS), help="which arm to train")
+    parser.add_argument("--extra", action="store_true", help="train the seeds metrics/seed_plan.json adds after the pilot")
+
+
+def seeds_to_train(ctx: StageContext, arm: str) -> list[int]:
+    if not ctx.args.extra:
+        return list(ctx.params.final.seeds)
+    path = ctx.layout.seed_plan
+    if not path.exists():
+        raise ConfigError(f"{path} not found; run the seed_plan stage first (dvc repro seed_plan)")
+    planned = read_json(path)["arms"].get(arm)
+    if planned is None:
+        raise ConfigError(f"{path} plans no seeds for arm '{arm}'; rerun the seed_plan stage (dvc repro seed_plan)")
+    return list(planned["extra_seeds"])
 
 
 def body(ctx: StageContext) -> str:
@@ -43,15 +61,17 @@ def body(ctx: StageContext) -> str:
     if ranks.main:
         setup_tracking(p.tracking, layout)
     cache = teacher_cache(p, layout) if arm.uses_teacher else None
-    plans = [final_run(p, arm.name, data, best, seed) for seed in p.final.seeds]
-    k = fused_group_size(p, data, arm.name, len(plans), ranks.world)
-    per_seed = {}
+    extra = ctx.args.extra
+    plans = [final_run(p, arm.name, data, best, seed) for seed in seeds_to_train(ctx, arm.name)]
+    k = fused_group_size(p, data, arm.name, max(len(plans), 1), ranks.world)
+    per_seed, val_pred = {}, {"label": data.splits["val"].y}
 
     def unit(run):
         return Unit(run.name, run.spec.build(run.seed), run.spec, run.recipe,
                     base_tags(layout, p, arm.stage("final"), arm=arm.name, seed=str(run.seed), model_kind="final",
                               **({"processes": str(ranks.world)} if ranks.world > 1 else {})),
-                    run.log_params(p), layout.model(arm.name, run.seed), layout.history_file(arm.name, run.seed),
+                    run.log_params(p), layout.model(arm.name, run.seed, extra),
+                    layout.history_file(arm.name, run.seed, extra),
                     layout.checkpoint(run.name))
 
     try:
@@ -72,16 +92,27 @@ def body(ctx: StageContext) -> str:
                 last = result.history[-1]
                 per_seed[str(run.seed)] = {"objective": objective_of(result.history, p.sweep.objective_epochs),
                                            **{k: v for k, v in last.items() if k.startswith("val_")}}
+                if ranks.main:
+                    val_pred[f"seed_{run.seed}"] = head_predictions(result.net, data, "val", p.train)["avg"]
     finally:
         shutdown()
     objectives = [s["objective"] for s in per_seed.values()]
+    mean = sum(objectives) / len(objectives) if objectives else None
     metrics = {"arm": arm.name, "hparams": best.hparams, "best_trial": best.trial, "best_trial_objective": best.objective,
-               "epochs": p.student.epochs, "per_seed": per_seed, "objective_mean": sum(objectives) / len(objectives),
+               "epochs": p.student.epochs, "per_seed": per_seed, "objective_mean": mean,
                "machine": {**machine_info(resolve_device(p.train.device)),
                            **({"processes": ranks.world} if ranks.world > 1 else {})}}
     if ranks.main:
-        write_json(layout.final_metrics(arm.name), metrics)
-    return (f"{arm.name}: val objective {metrics['objective_mean']:.4f} over {len(objectives)} seed(s) "
+        write_json(layout.final_metrics(arm.name, extra), metrics)
+        if extra:  # the folders are the stage's outputs even when the plan adds no seed
+            for folder in (layout.model(arm.name, 0, True).parent, layout.history_file(arm.name, 0, True).parent):
+                write_json(folder / "seeds.json", sorted(int(s) for s in per_seed))
+        else:
+            with atomic_path(layout.val_predictions(arm.name)) as tmp:
+                pd.DataFrame(val_pred).to_csv(tmp, index=False)
+    if not objectives:
+        return f"{arm.name}: the seed plan adds no seed after the pilot"
+    return (f"{arm.name}: val objective {mean:.4f} over {len(objectives)} {'extra ' if extra else ''}seed(s) "
             f"(best trial: {best.objective:.4f})")
 
 

@@ -11,7 +11,7 @@ from distillery.tuning.studies import open_arm_study
 
 PARAMS = parse_params({"data": {"image_size": 8}, "student": {"patch_size": 4, "embed_dim": 32, "depth": 1,
                                                              "num_heads": 2, "epochs": 5},
-                      "sweep": {"prune_from_epoch": 3}})
+                      "sweep": {"prune_from_epoch": 3, "n_trials": 9}})
 HP = {"lr": 2e-3, "weight_decay": 0.05, "mixing": 0.2, "drop_path": 0.05, "alpha": 0.5, "tau": 2.0}
 
 
@@ -26,6 +26,31 @@ def test_every_arm_gets_the_same_budget_and_shared_search():
     assert set(search_space(PARAMS, "soft")) - set(shared) == {"alpha", "tau"}
     assert set(search_space(PARAMS, "hard")) - set(shared) == {"alpha"}
     assert set(search_space(PARAMS, "control")) == set(shared)
+
+
+@pytest.mark.parametrize("profile", ["digits", "photos-small", "keras-flowers", "definitive"])
+def test_no_profile_s_pruner_degenerates(profile):
+    """Successive halving below rf² trials keeps a trial only if it beats every earlier one (trial 0 can
+    never be pruned): every shipped profile's studies either prune with room to rank or not at all."""
+    from pathlib import Path
+
+    from distillery.profiles import profile_values
+
+    p = parse_params(profile_values(Path(__file__).resolve().parents[1], profile, {"data": {"path": "photos"}}
+                                    if profile == "photos-small" else None))
+    pruner = study_budget(p, "soft")["pruner"]
+    if pruner in ("successive_halving", "hyperband"):
+        assert p.sweep.n_trials >= p.sweep.reduction_factor ** 2
+    if pruner == "median":
+        assert p.sweep.n_trials >= p.sweep.startup_trials + 3
+
+
+@pytest.mark.parametrize("n_trials, rf, expect", [(3, 3, "none"), (8, 3, "none"), (9, 3, "successive_halving"),
+                                                  (4, 2, "successive_halving"), (3, 2, "none")])
+def test_successive_halving_is_switched_off_below_rf_squared_trials(n_trials, rf, expect):
+    from distillery.core.config import SweepConfig
+
+    assert SweepConfig(n_trials=n_trials, reduction_factor=rf).effective_pruner() == expect
 
 
 def _study_settings(study):

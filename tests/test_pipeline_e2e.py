@@ -21,7 +21,8 @@ pytestmark = pytest.mark.slow
 
 ARMS = ("none", "control", "soft", "hard")
 STAGES = ("prepare", "teacher", "sweep@none", "sweep@control", "sweep_kd@soft", "sweep_kd@hard", "final@none",
-          "final@control", "final_kd@soft", "final_kd@hard", "evaluate", "report")
+          "final@control", "final_kd@soft", "final_kd@hard", "seed_plan", "extra@none", "extra@control",
+          "extra_kd@soft", "extra_kd@hard", "evaluate", "report")
 TINY = {
     "teacher.epochs": 3,
     "student.epochs": 3,
@@ -30,6 +31,7 @@ TINY = {
     "sweep.objective_epochs": 1,
     "sweep.prune_from_epoch": 3,
     "final.seeds": [1, 2],
+    "final.max_seeds": 3,  # two pilot seeds cannot reach ±1: the plan adds seed 3 to every arm
     "evaluate.throughput_repeats": 1,
 }
 
@@ -167,8 +169,12 @@ def test_every_stage_ran_and_wrote_its_outputs(repo):
                 "models/hard/seed_2.pt", "sweeps/soft/best.json", "sweeps/control/trials.csv",
                 "metrics/history/soft/seed_2.csv", "metrics/final/control.json", "reports/report.md",
                 "reports/effects.json", "reports/figures/effects.png", "reports/figures/delta_val.png",
-                "reports/figures/sweeps.png", "dvc.lock"):
+                "reports/figures/sweeps.png", "dvc.lock", "metrics/seed_plan.json", "models/extra/soft/seed_3.pt",
+                "metrics/val_predictions/hard.csv", "metrics/history/extra/none/seed_3.csv"):
         assert (dest / rel).exists(), rel
+    effects = json.loads((dest / "reports/effects.json").read_text())
+    assert effects["n_seeds"] == {arm: 3 for arm in ARMS}  # the pilot's two and the planned third
+    assert effects["comparisons"]["soft-none"]["precision"]["seeds_run"] == 3
 
 
 def test_metrics_and_verdicts_are_real(repo):
@@ -248,6 +254,7 @@ def test_the_teacher_runs_once_per_view_stream(repo):
     runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id], max_results=500)}
     groups = [[f"{arm}-trial-{n}" for n in range(TINY["sweep.n_trials"])] for arm in ("soft", "hard")]
     groups += [[f"{arm}-seed{s}" for s in TINY["final.seeds"]] for arm in ("soft", "hard")]
+    groups += [[f"{arm}-seed3"] for arm in ("soft", "hard")]  # the seed the plan added: extra_kd@soft, @hard
     seen, streams = set(), set()
     for group in groups:  # the order DVC runs them in: soft's sweep, hard's sweep, soft's finals, hard's finals
         in_group = set()

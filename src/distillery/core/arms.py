@@ -61,7 +61,7 @@ def study_budget(params: Params, arm: str) -> dict:
     shared_keys = type(params.search).model_fields
     shared = {k: v.model_dump() for k, v in search_space(params, arm).items() if k in shared_keys}
     return {"n_trials": params.sweep.n_trials, "epochs_per_trial": params.student.epochs,
-            "pruner": params.sweep.pruner, "reduction_factor": params.sweep.reduction_factor,
+            "pruner": params.sweep.effective_pruner(), "reduction_factor": params.sweep.reduction_factor,
             "prune_from_epoch": params.sweep.prune_from_epoch,
             "startup_trials": params.sweep.startup_trials, "sampler_seed": params.seed,
             "objective_epochs": params.sweep.objective_epochs, "warmup_epochs": params.train.warmup_epochs,

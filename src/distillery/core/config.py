@@ -282,7 +282,21 @@ class ArmsConfig(_Section):
 
 
 class SweepConfig(_Section):
-    n_trials: int = Field(5, ge=1)
+    def effective_pruner(self) -> str:
+        """The pruner a study of n_trials really gets: `none` where the asked one would degenerate.
+
+        Successive halving (and each Hyperband bracket) keeps the best 1/rf of the trials that reached a
+        rung; below rf² trials fewer than rf reach the second, so a trial survives only by beating every
+        earlier one on a noisy early score and the first trial can never be pruned: the pruner then
+        decides by trial order, not by settings. The median pruner needs three finished trials past its
+        start-up ones to have a median worth the name."""
+        if self.pruner in ("successive_halving", "hyperband") and self.n_trials < self.reduction_factor ** 2:
+            return "none"
+        if self.pruner == "median" and self.n_trials < self.startup_trials + 3:
+            return "none"
+        return self.pruner
+
+    n_trials: int = Field(3, ge=1)
     storage: str | None = None
     workers: int = Field(1, ge=1)
     heartbeat_interval: int = Field(60, ge=1)
@@ -304,7 +318,9 @@ class SweepConfig(_Section):
 
 
 class FinalConfig(_Section):
-    seeds: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5], min_length=1)
+    # The pilot: trained first, its val scores size the rest (seed_plan); then seeds up to max_seeds.
+    seeds: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1)
+    max_seeds: int = Field(5, ge=1)
     # Processes per final run: > 1 launches the stage under torchrun (DDP, one GPU each, or gloo on CPU).
     # Here, not under train, so that changing it reruns only the final stages.
     nproc: int = Field(1, ge=1)
@@ -316,6 +332,18 @@ class FinalConfig(_Section):
             raise ValueError(f"final.seeds={v} repeats a seed; allowed: distinct integers")
         return v
 
+    @model_validator(mode="after")
+    def _cap(self) -> "FinalConfig":
+        if self.max_seeds < len(self.seeds):
+            raise ValueError(f"final.max_seeds={self.max_seeds} is below the {len(self.seeds)} pilot seeds of "
+                             "final.seeds; allowed: max_seeds >= len(final.seeds)")
+        return self
+
+    def extra_seeds(self, total: int) -> list[int]:
+        """The seeds after the pilot, numbered on from its largest, up to `total` seeds in all."""
+        start = max(self.seeds) + 1
+        return list(range(start, start + max(0, min(total, self.max_seeds) - len(self.seeds))))
+
 
 class EvaluateConfig(_Section):
     throughput_repeats: int = Field(3, ge=1)
@@ -325,6 +353,7 @@ class ReportConfig(_Section):
     dpi: int = Field(110, ge=30, le=600)
     title: str = "Does distillation help on this data?"
     min_effect: float = Field(1.0, ge=0.0)
+    target_halfwidth: float = Field(1.0, gt=0.0)
     alpha: float = Field(0.05, gt=0.0, lt=0.5)
     weak_teacher_ratio: float = Field(0.75, gt=0.0, le=1.0)
 
@@ -370,9 +399,10 @@ class Params(_Section):
         if self.augment.random_resized_crop and self.augment.translate > 0:
             raise ValueError(f"augment.random_resized_crop is on and augment.translate={self.augment.translate}: the crop "
                              "already moves the image; allowed: translate 0 with random_resized_crop")
-        if self.seed in self.final.seeds:
+        if self.seed in self.final.seeds or self.seed in self.final.extra_seeds(self.final.max_seeds):
             raise ValueError(
-                f"seed={self.seed} is also in final.seeds={self.final.seeds}: every sweep trial uses `seed`, so that "
+                f"seed={self.seed} is also in final.seeds={self.final.seeds} or the seeds after them, up to "
+                f"final.max_seeds={self.final.max_seeds}: every sweep trial uses `seed`, so that "
                 "final run would repeat the winning trial and hide the winner's curse; allowed: final seeds other "
                 "than seed")
         if self.sweep.pruner != "none" and self.sweep.prune_from_epoch > self.student.epochs:

@@ -73,17 +73,27 @@ class Layout:
     def best(self, arm: str) -> Path:
         return self.sweeps / arm / "best.json"
 
-    def model(self, arm: str, seed: int) -> Path:
-        return self.models / arm / f"seed_{seed}.pt"
+    # The planned seeds after the pilot (stage extra@<arm>) live beside the pilot's, under extra/: each
+    # folder is one stage's output, and DVC outputs cannot overlap.
+    def model(self, arm: str, seed: int, extra: bool = False) -> Path:
+        return self.models / ("extra" if extra else "") / arm / f"seed_{seed}.pt"
 
-    def history_file(self, arm: str, seed: int) -> Path:
-        return self.history / arm / f"seed_{seed}.csv"
+    def history_file(self, arm: str, seed: int, extra: bool = False) -> Path:
+        return self.history / ("extra" if extra else "") / arm / f"seed_{seed}.csv"
+
+    def val_predictions(self, arm: str) -> Path:
+        """The pilot seeds' val predictions: what the seed plan is computed from."""
+        return self.metrics / "val_predictions" / f"{arm}.csv"
+
+    @property
+    def seed_plan(self) -> Path:
+        return self.metrics / "seed_plan.json"
 
     def checkpoint(self, run: str) -> Path:
         return self.checkpoints / f"{run}.pt"
 
-    def final_metrics(self, arm: str) -> Path:
-        return self.metrics / "final" / f"{arm}.json"
+    def final_metrics(self, arm: str, extra: bool = False) -> Path:
+        return self.metrics / "final" / ("extra" if extra else "") / f"{arm}.json"
 
     @property
     def home(self) -> Path:

@@ -97,20 +97,30 @@ class Evaluation:
         self.token_cosine = token_cosine
 
 
-def _checkpoints(layout: Layout, arms: list[str], seeds: list[int]) -> dict[str, list[tuple[int | None, Path]]]:
-    """The teacher (when trained) and every arm's seeds, as params list them; a missing one is an error."""
+def seed_models(layout: Layout, arms: list[str], pilot: list[int], plan: dict[str, Any] | None
+                ) -> dict[str, list[tuple[int, Path]]]:
+    """Every arm's models: the pilot seeds, then the seeds the seed plan added (models/extra/<arm>)."""
+    out = {}
+    for arm in arms:
+        extra = plan["arms"][arm]["extra_seeds"] if plan and arm in plan["arms"] else []
+        out[arm] = [(s, layout.model(arm, s)) for s in pilot] + [(s, layout.model(arm, s, True)) for s in extra]
+    return out
+
+
+def _checkpoints(layout: Layout, models: dict[str, list[tuple[int, Path]]]) -> dict[str, list[tuple[int | None, Path]]]:
+    """The teacher (when trained) and every arm's seed models; a missing one is an error."""
     found: dict[str, list[tuple[int | None, Path]]] = {}
     if layout.teacher_model.exists():
         found["teacher"] = [(None, layout.teacher_model)]
-    for arm in arms:
-        missing = [layout.model(arm, s) for s in seeds if not layout.model(arm, s).exists()]
+    for arm, entries in models.items():
+        missing = [path for _, path in entries if not path.exists()]
         if missing:
-            raise ConfigError(f"{missing[0]} not found; run the arm's final stage first (dvc repro)")
-        found[arm] = [(s, layout.model(arm, s)) for s in seeds]
+            raise ConfigError(f"{missing[0]} not found; run the arm's final (or extra) stage first (dvc repro)")
+        found[arm] = list(entries)
     return found
 
 
-def evaluate_all(layout: Layout, arms: list[str], seeds: list[int], data: Prepared, train_cfg: TrainConfig,
+def evaluate_all(layout: Layout, models: dict[str, list[tuple[int, Path]]], data: Prepared, train_cfg: TrainConfig,
                  repeats: int) -> Evaluation:
     """Top-1 per head for every model and seed, mean ± std over seeds, agreement with the teacher."""
     import pandas as pd
@@ -123,7 +133,7 @@ def evaluate_all(layout: Layout, arms: list[str], seeds: list[int], data: Prepar
     speed: dict[str, float] = {}
     teacher_pred = None
     cosine: dict[str, list[float]] = {}
-    for name, entries in _checkpoints(layout, arms, seeds).items():
+    for name, entries in _checkpoints(layout, models).items():
         per_seed = {}
         per_seed_cosine = []
         for seed, path in entries:

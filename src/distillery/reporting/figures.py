@@ -94,19 +94,20 @@ def fig_learning_curves(inputs: ReportInputs, path: Path, dpi: int) -> None:
 
 
 def fig_sweeps(inputs: ReportInputs, path: Path, dpi: int) -> None:
-    """Each arm's trials: objective of completed ones, last val accuracy of pruned ones, and the final seeds."""
+    """Each arm's trials: objective of completed ones, pruned ones as a rug (epochs run), and the final seeds."""
     arms = inputs.arms
     fig, axes = plt.subplots(1, len(arms), figsize=(3.6 * len(arms), 3.6), squeeze=False, sharey=True)
     for ax, arm in zip(axes[0], arms):
         t = inputs.trials[arm]
         done, pruned = t[t["state"] == "COMPLETE"], t[t["state"] == "PRUNED"]
         ax.scatter(done["number"], done["value"], color=COLORS[arm], edgecolors="black", s=40, label="completed")
-        if len(pruned):
-            ax.scatter(pruned["number"], pruned["last_val_acc"], facecolors="none", edgecolors="gray", s=40,
-                       label="pruned (val acc when stopped)")
+        if len(pruned):  # no objective: an early val accuracy is not on this axis, so a rug below it
+            rug = ax.get_xaxis_transform()
+            ax.scatter(pruned["number"], [0.03] * len(pruned), transform=rug, marker="x", color="gray", s=30,
+                       label="pruned (no objective)")
             for _, row in pruned.iterrows():
-                ax.annotate(f"{int(row['epochs_run'])}ep", (row["number"], row["last_val_acc"]), fontsize=6,
-                            xytext=(3, -8), textcoords="offset points")
+                ax.annotate(f"{int(row['epochs_run'])}ep", (row["number"], 0.03), xycoords=rug, fontsize=6,
+                            xytext=(3, 3), textcoords="offset points")
         best = inputs.best[arm]
         ax.scatter([best.trial], [best.objective], marker="*", s=200, color="red", zorder=5, label="best trial")
         finals = [s["objective"] for s in inputs.finals[arm]["per_seed"].values()]

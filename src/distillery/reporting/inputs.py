@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ..core.config import Params
@@ -29,7 +30,18 @@ class ReportInputs:
     best: dict[str, Best]
     trials: dict[str, pd.DataFrame]
     importance: dict[str, dict[str, float]]
-    finals: dict[str, dict[str, Any]]
+    finals: dict[str, dict[str, Any]]  # the pilot's and the extra seeds' per_seed merged
+    seed_plan: dict[str, Any] | None = None
+
+    def seeds_of(self, arm: str) -> list[int]:
+        """The seeds an arm was evaluated with (pilot and extra)."""
+        return sorted(int(s) for s in self.evaluation.get(arm, {}).get("per_seed", {}))
+
+    def test_correct(self, arm: str, seeds: list[int]) -> "np.ndarray":
+        """(seeds × test images) 0/1 of the arm's inference rule, from test_predictions.csv."""
+        head = "cls" if arm == "none" else "avg"
+        y = self.predictions["label"].to_numpy()
+        return np.stack([self.predictions[f"{arm}_s{s}_{head}"].to_numpy() == y for s in seeds]).astype(np.float64)
 
     def per_seed_test_acc(self) -> dict[str, dict[int, float]]:
         """Test accuracy of the inference rule (averaged heads where there are two) per arm and seed."""
@@ -47,8 +59,11 @@ def load_inputs(layout: Layout, params: Params) -> ReportInputs:
     histories: dict[str, dict[int, list[dict[str, float]]]] = {}
     if (layout.history / "teacher.csv").exists():
         histories["teacher"] = {params.seed: read_history_csv(layout.history / "teacher.csv")}
+    plan = read_json(layout.seed_plan) if layout.seed_plan.exists() else None
+    extra = {arm: plan["arms"][arm]["extra_seeds"] if plan and arm in plan["arms"] else [] for arm in arms}
     for arm in arms:
         histories[arm] = {s: read_history_csv(layout.history_file(arm, s)) for s in params.final.seeds}
+        histories[arm] |= {s: read_history_csv(layout.history_file(arm, s, True)) for s in extra[arm]}
     skipped = layout.prepared / "skipped.json"
     cosine = layout.metrics / "token_cosine.json"
     return ReportInputs(
@@ -65,8 +80,16 @@ def load_inputs(layout: Layout, params: Params) -> ReportInputs:
         best={arm: Best.load(layout.best(arm)) for arm in arms},
         trials={arm: pd.read_csv(layout.sweep_dir(arm) / "trials.csv") for arm in arms},
         importance={arm: read_json(p) for arm in arms if (p := layout.sweep_dir(arm) / "importance.json").exists()},
-        finals={arm: read_json(layout.final_metrics(arm)) for arm in arms},
+        finals={arm: _merged_finals(layout, arm) for arm in arms},
+        seed_plan=plan,
     )
+
+
+def _merged_finals(layout: Layout, arm: str) -> dict[str, Any]:
+    final = read_json(layout.final_metrics(arm))
+    if (path := layout.final_metrics(arm, True)).exists():
+        final["per_seed"] = {**final["per_seed"], **read_json(path)["per_seed"]}
+    return final
 
 
 def seed_columns(pred: pd.DataFrame, arm: str, head: str = "avg") -> list[str]:

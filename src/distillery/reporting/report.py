@@ -17,6 +17,7 @@ from ..core.files import write_json, write_text
 from ..core.paths import Layout
 from . import figures
 from .inputs import ReportInputs, load_inputs
+from .precision import precision_lines, precision_of
 from .stats import Comparison, compare_arms
 from .teacher_check import TeacherCheck, check_teacher, teacher_check_lines
 
@@ -26,7 +27,8 @@ FIGURES = {
     "delta_val.png": (figures.fig_delta_val, "Δ val accuracy per epoch (distilled − reference, paired by seed): "
                                              "is the effect still moving when training stops?"),
     "learning_curves.png": (figures.fig_learning_curves, "Val accuracy and training loss per epoch, every arm."),
-    "sweeps.png": (figures.fig_sweeps, "Each arm's study: trials (pruned ones hollow, with the epoch they stopped at), "
+    "sweeps.png": (figures.fig_sweeps, "Each arm's study: completed trials' objective, pruned trials as crosses on the "
+                                       "axis (with the epochs they ran; they have no objective), "
                                        "the best trial, and the final seeds' val objective."),
     "heads.png": (figures.fig_heads, "Class head, distillation head and their average for the two-token arms."),
     "agreement.png": (figures.fig_agreement, "How often each arm predicts the teacher's class on the test split."),
@@ -85,7 +87,8 @@ def _machines(inputs: ReportInputs) -> list[str]:
 def render_markdown(inputs: ReportInputs, comps: list[Comparison], figs: list[str]) -> str:
     p, ev, ds = inputs.params, inputs.evaluation, inputs.data_summary
     c = ds["counts"]
-    n_seeds = len(p.final.seeds)
+    counts = sorted({len(inputs.seeds_of(a)) for a in inputs.arms if a in ev})
+    n_seeds = "–".join(map(str, counts)) if counts else str(len(p.final.seeds))
     budget = study_budget(p, inputs.arms[0])
     lines = [f"# {p.report.title}", "",
              f"Data: **{ds['source']}**, {ds['num_classes']} classes, {ds['channels']}×{ds['image_size']}×"
@@ -108,7 +111,8 @@ def render_markdown(inputs: ReportInputs, comps: list[Comparison], figs: list[st
             ci = f"[{k.low:+.1f}, {k.high:+.1f}]" if np.isfinite(k.low) else "–"
             lines.append(f"| {k.arm} − {k.reference} | {k.n_seeds} | {k.diff:+.1f} | {ci} | {100 * k.level:.2f}% | "
                          f"{k.p_holm:.3f} | **{k.verdict}** |")
-        lines += ["", *teacher_check_lines(teacher_check_of(inputs))]
+        lines += ["", *precision_lines(inputs, precision_of(inputs, comps))]
+        lines += [*teacher_check_lines(teacher_check_of(inputs))]
         lines += [f"Soft distillation uses KL normalisation `{p.distill.soft.kl_reduction}` "
                   "(`batchmean`: textbook KD, as timm; `numel`: the DeiT reference code, C times smaller). "
                   "`control` is the distilled architecture without a teacher (both tokens learn the labels): "
@@ -134,7 +138,13 @@ def render_markdown(inputs: ReportInputs, comps: list[Comparison], figs: list[st
               f"of the final runs ({budget['warmup_epochs']} warm-up, cosine) unless pruned; pruner "
               f"`{budget['pruner']}` (reduction factor {budget['reduction_factor']}), never before warm-up ends; "
               f"TPE sampler seeded with {budget['sampler_seed']}, {budget['startup_trials']} random start-up trials; "
-              f"objective: mean val accuracy of the last {budget['objective_epochs']} epochs.", "",
+              f"objective: mean val accuracy of the last {budget['objective_epochs']} epochs."
+              + (f" (`sweep.pruner: {p.sweep.pruner}` was asked for: below {p.sweep.reduction_factor}² trials it would "
+                 "decide by trial order, not by settings, so the studies do not prune.)"
+                 if budget["pruner"] != p.sweep.pruner else ""),
+              "", "Realised training epochs per arm (all trials, pruned ones included): "
+              + (", ".join(f"{arm} {int(inputs.trials[arm]['epochs_run'].sum())}" for arm in inputs.arms
+                           if arm in inputs.trials) or "not recorded") + ".", "",
               "| knob | searched over |", "| --- | --- |"]
     for arm in inputs.arms:
         own = {k: v for k, v in search_space(p, arm).items() if k not in budget["shared_space"]}
@@ -182,6 +192,7 @@ def build_report(layout: Layout, params: Params) -> Path:
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     comps = comparisons_of(inputs)
+    precision = {r.comparison: r.as_dict() for r in precision_of(inputs, comps)}
     figures.fig_effects(comps, params.report.min_effect, fig_dir / "effects.png", params.report.dpi)
     for name, (fn, _) in FIGURES.items():
         if fn is not None:
@@ -190,8 +201,10 @@ def build_report(layout: Layout, params: Params) -> Path:
     write_text(md, render_markdown(inputs, comps, list(FIGURES)))
     write_json(out / "effects.json", {
         "min_effect_points": params.report.min_effect, "family_alpha": params.report.alpha,
-        "kl_reduction": params.distill.soft.kl_reduction, "n_seeds": len(params.final.seeds),
-        "comparisons": {f"{k.arm}-{k.reference}": k.as_dict() for k in comps},
+        "kl_reduction": params.distill.soft.kl_reduction, "target_halfwidth": params.report.target_halfwidth,
+        "n_seeds": {arm: len(inputs.seeds_of(arm)) for arm in inputs.arms},
+        "comparisons": {f"{k.arm}-{k.reference}": {**k.as_dict(), "precision": precision.get(f"{k.arm} − {k.reference}")}
+                        for k in comps},
         "teacher_check": check.as_dict() if (check := teacher_check_of(inputs)) is not None else None,
         "arms": {arm: {"test_acc": inputs.evaluation[arm]["test_acc"], "hparams": inputs.best[arm].hparams}
                  for arm in inputs.arms},

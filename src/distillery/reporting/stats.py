@@ -1,8 +1,10 @@
 """Paired, Holm-corrected comparisons of arms across seeds.
 
-Every arm is trained once per seed and seed s of arm A shares initialisation and data order with seed s
-of arm B, so we work on the per-seed paired differences d_s = 100 * (acc_A(s) - acc_B(s)) in points.
-Pairing removes the seed-to-seed variance the two arms share, which is most of it.
+Every arm is trained once per seed and seed s of arm A shares its seed (initialisation and data order) with
+seed s of arm B, so we work on the per-seed paired differences d_s = 100 * (acc_A(s) - acc_B(s)) in points.
+Pairing removes only the variance the two arms share; on the built-in digits that is little: most of the
+seed-to-seed variance of d_s is single test images flipping between seeds, independently in each arm
+(benchmarks/results/design_precision_h200.json; paired_variance_parts measures it on any run).
 
 Method, and why:
 * Interval: Student t on the mean of d, df = n - 1. With 3-5 seeds a bootstrap has too few distinct
@@ -18,9 +20,11 @@ Method, and why:
     such as "helped by more than δ" holds family-wise. (Holm-stepped intervals, 1 - alpha/(m - i), are
     narrower but only justify "Δ != 0", not a bound against δ.) A simultaneous interval that excludes 0
     always comes with p_holm <= alpha; the converse can fail, and then the verdict follows the interval.
-* Scope: the interval is conditional on the fixed test split. It captures seed variance (initialisation
+* Scope: the t interval is conditional on the fixed test split. It captures seed variance (initialisation
   and data order), not the sampling of test images, so it says how reliably the training recipe
-  reproduces the gap on this test set, not how the gap would generalise to new images.
+  reproduces the gap on this test set. `new_image_interval` adds the sampling of test images (a two-way
+  seeds × images model): how the gap would hold on new images of the same kind. Neither covers tuning
+  luck (another study could have picked other settings).
 * With one seed there is no variance estimate and no interval: low = -inf, high = +inf, p = 1.0 and the
   verdict is "needs ≥ 2 seeds".
 """
@@ -103,10 +107,14 @@ def verdict_for(low: float, high: float, min_effect: float) -> str:
         return "needs ≥ 2 seeds"
     if low > δ:
         return f"helped by more than {δ:g} points"
+    if 0 < low and high < δ:
+        return f"helped, by less than {δ:g} points"
     if 0 < low:
         return f"helped (gain may be under {δ:g} points)"
     if high < -δ:
         return f"hurt by more than {δ:g} points"
+    if high < 0 and -δ < low:
+        return f"hurt, by less than {δ:g} points"
     if high < 0:
         return f"hurt (loss may be under {δ:g} points)"
     if -δ <= low and high <= δ:
@@ -126,3 +134,83 @@ def compare_arms(per_seed_acc: dict[str, dict[int, float]], pairs: list[tuple[st
         mean, low, high = t_interval(d, lv)
         result.append(Comparison(a, r, mean, low, high, lv, p, ph, int(d.size), verdict_for(low, high, min_effect)))
     return result
+
+
+def paired_variance_parts(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, float]:
+    """Split the seed-to-seed variance of Δ_s = 100·(acc_a(s) − acc_b(s)) by what it scales with.
+
+    `correct_*` are (seeds × images) 0/1 arrays, row s of both from seed s. Var(Δ_s) is the sum of all
+    covariances between images' differences d_i = a_i − b_i over N²: the diagonal (`flip_var`: images
+    flipping between seeds, ∝ 1/N, it shrinks on a larger split) and the rest (`model_var`: a seed's
+    model better or worse on every image at once, independent of N). Both estimates are unbiased (ddof 1);
+    `model_var` can come out negative by chance. Points².
+    """
+    d = np.asarray(correct_a, dtype=np.float64) - np.asarray(correct_b, dtype=np.float64)
+    seeds, n = d.shape
+    if seeds < 2:
+        raise ValueError("needs ≥ 2 seeds to estimate a variance")
+    total = float(np.var(100.0 * d.mean(1), ddof=1))
+    flip = float(100.0**2 * np.var(d, axis=0, ddof=1).sum() / n**2)
+    return {"sd": math.sqrt(total), "var": total, "flip_var": flip, "model_var": total - flip, "images": int(n),
+            "seeds": int(seeds)}
+
+
+def variance_at(parts: dict[str, float], images: int) -> float:
+    """The variance of Δ_s the same models would show on a split of `images` images (points²).
+
+    The model part is floored at 0 before the flip part is rescaled: with a few pilot seeds its estimate
+    swings by about the flip part's size, and a negative one would cancel the flip part it belongs to."""
+    return max(parts["model_var"], 0.0) + parts["flip_var"] * parts["images"] / images
+
+
+def t_quantile(level: float, n: int) -> float:
+    """The two-sided t critical value of an interval at `level` from n paired differences (df n − 1)."""
+    return float(_st.t.ppf(0.5 + level / 2, n - 1))
+
+
+def halfwidth_at(sd: float, n: int, level: float) -> float:
+    return t_quantile(level, n) * sd / math.sqrt(n) if n >= 2 else math.inf
+
+
+def seeds_needed(sd: float, target: float, level: float, cap: int = 10_000) -> int:
+    """The fewest seeds n ≥ 2 whose t interval at `level` has half-width ≤ target if the SD is `sd`.
+
+    A plug-in rule (the t quantile at the final n, the pilot's SD taken as the truth): the achieved
+    half-width scatters around the target as the final SD does. Stein's two-stage rule would guarantee
+    it, but only by using the pilot's SD with its n0 − 1 degrees of freedom in the final interval: with a
+    pilot of 3 seeds its t quantile at 1 − 0.05/8 is about 10, a hundred times more seeds than needed.
+    Returns `cap` + 1 when even `cap` seeds would not do."""
+    if sd <= 0:
+        return 2
+    for n in range(2, cap + 1):
+        if halfwidth_at(sd, n, level) <= target:
+            return n
+    return cap + 1
+
+
+def mde(sd: float, n: int, level: float, power: float = 0.8) -> float:
+    """The smallest true Δ the simultaneous test at `level` detects with `power`, from n seeds at this SD
+    (the usual (t_{1−α'/2} + t_{power}) · SD/√n, df n − 1)."""
+    if n < 2:
+        return math.inf
+    return (t_quantile(level, n) + float(_st.t.ppf(power, n - 1))) * sd / math.sqrt(n)
+
+
+def new_image_interval(correct_a: np.ndarray, correct_b: np.ndarray, level: float) -> tuple[float, float, float]:
+    """(mean, low, high) of Δ over new seeds *and* new test images of the same kind, in points.
+
+    d[s, i] = a − b on image i for seed s, as in a two-way random-effects model μ + image_i + seed_s +
+    noise_si. Var(mean) = σ²_image/N + σ²_seed/n + σ²_noise/(nN), estimated without bias by
+    S²_rows/n + S²_columns/N − F/n (F: mean per-image variance over seeds, divided by N), never below the
+    seed-only S²_rows/n; t quantile with n − 1 df (conservative when images dominate)."""
+    d = 100.0 * (np.asarray(correct_a, dtype=np.float64) - np.asarray(correct_b, dtype=np.float64))
+    n, big_n = d.shape
+    mean = float(d.mean())
+    if n < 2:
+        return mean, -math.inf, math.inf
+    rows = float(np.var(d.mean(1), ddof=1))
+    cols = float(np.var(d.mean(0), ddof=1))
+    flip = float(np.var(d, axis=0, ddof=1).mean() / big_n)
+    var = max(rows / n + cols / big_n - flip / n, rows / n)
+    half = t_quantile(level, n) * math.sqrt(var)
+    return mean, mean - half, mean + half

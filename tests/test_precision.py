@@ -1,0 +1,118 @@
+"""Seed planning and the intervals' coverage, on synthetic data whose variance components are set."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as st
+
+from distillery.core.config import parse_params
+from distillery.reporting.seed_plan import plan_seeds
+from distillery.reporting.stats import (mde, new_image_interval, paired_variance_parts, seeds_needed, t_interval,
+                                        variance_at)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_seeds_needed_is_the_first_n_that_reaches_the_target():
+    level = 1 - 0.05 / 4
+    n = seeds_needed(1.71, 1.0, level)
+    width = lambda k: st.t.ppf(0.5 + level / 2, k - 1) * 1.71 / math.sqrt(k)  # noqa: E731
+    assert width(n) <= 1.0 < width(n - 1)
+    assert seeds_needed(0.0, 1.0, level) == 2
+    assert seeds_needed(50.0, 0.01, level, cap=100) == 101  # unreachable within the cap
+
+
+def test_mde_by_hand():
+    # n = 5, level 0.95: t(0.975, 4) = 2.776, t(0.8, 4) = 0.941 -> (2.776 + 0.941) * 2 / sqrt(5) = 3.325
+    assert mde(2.0, 5, 0.95) == pytest.approx(3.325, abs=2e-3)
+
+
+def test_variance_parts_recover_what_the_simulation_put_in():
+    """Independent flips only: the flip part carries all the variance and rescales as 1/N."""
+    rng = np.random.default_rng(0)
+    seeds, n = 3000, 200
+    p = rng.uniform(0.6, 1.0, n)
+    a, b = rng.random((seeds, n)) < p, rng.random((seeds, n)) < p
+    parts = paired_variance_parts(a, b)
+    truth = 1e4 * 2 * (p * (1 - p)).sum() / n**2
+    assert parts["flip_var"] == pytest.approx(truth, rel=0.05)
+    assert abs(parts["model_var"]) < 0.1 * truth
+    assert variance_at(parts, 4 * n) == pytest.approx(max(parts["model_var"], 0) + parts["flip_var"] / 4)
+
+
+def _two_way(rng, reps, n, big_n, mu, sd_image, sd_seed, sd_noise):
+    """d[r, s, i] = mu + image_i + seed_s + noise: reps independent experiments (points)."""
+    image = rng.normal(0, sd_image, (reps, 1, big_n))
+    seed = rng.normal(0, sd_seed, (reps, n, 1))
+    return mu + image + seed + rng.normal(0, sd_noise, (reps, n, big_n)), mu + image.mean(axis=(1, 2))
+
+
+@pytest.mark.parametrize("sd_image, sd_seed", [(30.0, 0.8), (5.0, 2.0)])
+def test_both_intervals_cover_what_they_say_they_cover(sd_image, sd_seed):
+    """Seed-only: the gap on these test images (mu + mean image effect); new-image: mu itself."""
+    rng = np.random.default_rng(1)
+    reps, n, big_n, level, mu = 2000, 6, 359, 0.95, 1.0
+    d, conditional = _two_way(rng, reps, n, big_n, mu, sd_image, sd_seed, 40.0)
+    seed_cover = new_cover = seed_cover_mu = 0
+    for r in range(reps):
+        _, lo, hi = t_interval(d[r].mean(1), level)
+        seed_cover += lo <= conditional[r] <= hi
+        seed_cover_mu += lo <= mu <= hi
+        # new_image_interval takes 0/1 arrays and scales by 100: hand it d / 100 as "a" and zeros as "b"
+        _, lo2, hi2 = new_image_interval(d[r] / 100, np.zeros_like(d[r]), level)
+        new_cover += lo2 <= mu <= hi2
+    assert 0.93 <= seed_cover / reps <= 0.97
+    assert 0.93 <= new_cover / reps <= 0.985
+    if sd_image == 30.0:  # images dominate: the seed-only interval is no interval for new images
+        assert seed_cover_mu / reps < 0.8
+
+
+def _val_predictions(rng, seeds, n, p_correct):
+    y = rng.integers(0, 10, n)
+    cols = {"label": y}
+    for s in seeds:
+        right = rng.random(n) < p_correct
+        cols[f"seed_{s}"] = np.where(right, y, (y + 1) % 10)
+    return pd.DataFrame(cols)
+
+
+def test_the_plan_asks_more_seeds_for_noisier_comparisons_and_respects_the_cap():
+    rng = np.random.default_rng(2)
+    pilot = list(range(1, 31))  # the model part's estimate is noisy: a pilot this large makes the test sure
+    params = parse_params({"final": {"seeds": pilot, "max_seeds": 40}, "report": {"target_halfwidth": 0.5}})
+    preds = {arm: _val_predictions(rng, pilot, 300, p) for arm, p in
+             {"none": 0.97, "control": 0.97, "soft": 0.97, "hard": 0.5}.items()}
+    plan = plan_seeds(params, preds, test_images=1200)
+    c = plan["comparisons"]
+    assert set(c) == {"soft-none", "soft-control", "hard-none", "hard-control"} and plan["family"] == 4
+    assert c["hard-none"]["seeds_needed"] > c["soft-none"]["seeds_needed"]
+    # the flip part shrinks 4x from 300 val to 1200 test images
+    assert c["soft-none"]["predicted_sd_test"] < c["soft-none"]["pilot_sd_val"]
+    for k in c.values():
+        assert k["seeds_planned"] == max(min(k["seeds_needed"], 40), 30)
+    assert plan["arms"]["hard"]["seeds"] == 40  # capped
+    assert plan["arms"]["hard"]["extra_seeds"] == list(range(31, 41))
+
+
+def test_the_seed_plan_stage_never_reads_the_test_split(tmp_path):
+    """The stage runs in a project holding no prepared data at all: only val predictions and the split sizes."""
+    rng = np.random.default_rng(3)
+    (tmp_path / "metrics" / "val_predictions").mkdir(parents=True)
+    for arm in ("none", "control", "soft", "hard"):
+        _val_predictions(rng, [1, 2, 3], 200, 0.9).to_csv(tmp_path / "metrics" / "val_predictions" / f"{arm}.csv",
+                                                          index=False)
+    (tmp_path / "metrics" / "data.json").write_text(json.dumps({"counts": {"train": 1, "val": 200, "test": 400}}))
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    out = subprocess.run([sys.executable, str(ROOT / "pipeline" / "seed_plan.py")], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert not (tmp_path / "data").exists()
+    plan = json.loads((tmp_path / "metrics" / "seed_plan.json").read_text())
+    assert plan["test_images"] == 400 and plan["val_images"] == 200
+    assert all(a["seeds"] <= 5 for a in plan["arms"].values())
