@@ -37,13 +37,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 def seeds_to_train(ctx: StageContext, arm: str) -> list[int]:
     if not ctx.args.extra:
         return list(ctx.params.final.seeds)
-    path = ctx.layout.seed_plan
+    path = ctx.layout.arm_seed_plan(arm)
     if not path.exists():
         raise ConfigError(f"{path} not found; run the seed_plan stage first (dvc repro seed_plan)")
-    planned = read_json(path)["arms"].get(arm)
-    if planned is None:
-        raise ConfigError(f"{path} plans no seeds for arm '{arm}'; rerun the seed_plan stage (dvc repro seed_plan)")
-    return list(planned["extra_seeds"])
+    return list(read_json(path)["extra_seeds"])
 
 
 def body(ctx: StageContext) -> str:

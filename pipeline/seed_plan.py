@@ -22,6 +22,8 @@ def body(ctx: StageContext) -> str:
         preds[arm] = pd.read_csv(path)
     plan = plan_seeds(p, preds, read_json(layout.metrics / "data.json")["counts"]["test"])
     write_json(layout.seed_plan, plan)
+    for arm, seeds in plan["arms"].items():
+        write_json(layout.arm_seed_plan(arm), seeds)
     parts = [f"{k}: needs {c['seeds_needed']}, runs {c['seeds_planned']}" for k, c in plan["comparisons"].items()]
     return (f"±{p.report.target_halfwidth:g} points: " + ("; ".join(parts) or "nothing to compare")
             + f" (cap final.max_seeds={p.final.max_seeds})")

@@ -89,6 +89,10 @@ class Layout:
     def seed_plan(self) -> Path:
         return self.metrics / "seed_plan.json"
 
+    def arm_seed_plan(self, arm: str) -> Path:
+        """The seeds seed_plan adds to one arm: what extra@<arm> depends on."""
+        return self.metrics / "seed_plan" / f"{arm}.json"
+
     def checkpoint(self, run: str) -> Path:
         return self.checkpoints / f"{run}.pt"
 
