@@ -188,7 +188,7 @@ def test_metrics_and_verdicts_are_real(repo):
     effects = json.loads((dest / "reports/effects.json").read_text())
     assert set(effects["comparisons"]) == {"soft-none", "soft-control", "hard-none", "hard-control"}
     for c in effects["comparisons"].values():
-        assert c["n_seeds"] == 2 and c["verdict"] and 0.0 <= c["p_holm"] <= 1.0
+        assert c["n_seeds"] == 3 and c["verdict"] and 0.0 <= c["p_holm"] <= 1.0
     best = json.loads((dest / "sweeps/soft/best.json").read_text())
     assert 0.1 <= best["hparams"]["alpha"] <= 0.9 and 1.0 <= best["hparams"]["tau"] <= 8.0
     report = (dest / "reports/report.md").read_text()
