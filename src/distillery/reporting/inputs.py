@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,8 +38,8 @@ class ReportInputs:
 
     def test_correct(self, arm: str, seeds: list[int]) -> "np.ndarray":
         """(seeds × test images) 0/1 of the arm's inference rule, from test_predictions.csv."""
-        head = "cls" if arm == "none" else "avg"
         y = self.predictions["label"].to_numpy()
+        head = inference_head(arm)
         return np.stack([self.predictions[f"{arm}_s{s}_{head}"].to_numpy() == y for s in seeds]).astype(np.float64)
 
     def per_seed_test_acc(self) -> dict[str, dict[int, float]]:
@@ -92,8 +91,12 @@ def _merged_finals(layout: Layout, arm: str) -> dict[str, Any]:
     return final
 
 
+def inference_head(arm: str, head: str = "avg") -> str:
+    """The prediction column suffix of `head`; the plain ViT has only its class head."""
+    return "cls" if arm == "none" else head
+
+
 def seed_columns(pred: pd.DataFrame, arm: str, head: str = "avg") -> list[str]:
-    """Prediction columns of one arm's head, one per seed; the plain ViT has only its class head."""
-    if arm == "none":
-        head = "cls"
+    """Prediction columns of one arm's head, one per seed."""
+    head = inference_head(arm, head)
     return sorted(c for c in pred.columns if c.startswith(f"{arm}_s") and c.endswith(f"_{head}"))

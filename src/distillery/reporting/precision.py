@@ -7,10 +7,10 @@ rest is computed here from the test predictions of every seed both arms ran.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from .inputs import ReportInputs
-from .stats import Comparison, mde, new_image_interval, seeds_needed
+from .stats import Comparison, json_ready, mde, new_image_interval, seeds_needed
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class Precision:
     seeds_planned: int | None
 
     def as_dict(self) -> dict:
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
+        return json_ready(self)
 
 
 def precision_of(inputs: ReportInputs, comps: list[Comparison]) -> list[Precision]:

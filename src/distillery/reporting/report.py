@@ -11,13 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from ..core.arms import ARMS, DISTILLED, REFERENCES, is_fixed, search_space, study_budget
+from ..core.arms import is_fixed, search_space, study_budget
 from ..core.config import ChoiceSpec, Params
 from ..core.files import write_json, write_text
 from ..core.paths import Layout
 from . import figures
 from .inputs import ReportInputs, load_inputs
 from .precision import precision_lines, precision_of
+from .seed_plan import comparison_pairs
 from .stats import Comparison, compare_arms
 from .teacher_check import TeacherCheck, check_teacher, teacher_check_lines
 
@@ -62,8 +63,7 @@ def _spec(spec) -> str:
 
 def comparisons_of(inputs: ReportInputs) -> list[Comparison]:
     p = inputs.params
-    pairs = [(d, r) for d in DISTILLED if d in inputs.arms for r in REFERENCES if r in inputs.arms]
-    return compare_arms(inputs.per_seed_test_acc(), pairs, p.report.min_effect, p.report.alpha)
+    return compare_arms(inputs.per_seed_test_acc(), comparison_pairs(inputs.arms), p.report.min_effect, p.report.alpha)
 
 
 def teacher_check_of(inputs: ReportInputs) -> TeacherCheck | None:

@@ -52,8 +52,12 @@ class Comparison:
     verdict: str
 
     def as_dict(self) -> dict:
-        # JSON has no infinity; None reads as "no bound"
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
+        return json_ready(self)
+
+
+def json_ready(record) -> dict:
+    """A dataclass as a dict for JSON, which has no infinity or NaN: None reads as "no bound" or "none"."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(record).items()}
 
 
 def paired_differences(acc_a: dict[int, float], acc_b: dict[int, float]) -> np.ndarray:
@@ -70,9 +74,7 @@ def t_interval(d: np.ndarray, level: float = 0.95) -> tuple[float, float, float]
     if d.size == 0:
         raise ValueError("no differences")
     mean = float(d.mean())
-    if d.size < 2:
-        return mean, -math.inf, math.inf
-    half = float(_st.t.ppf(0.5 + level / 2, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size))
+    half = halfwidth_at(float(d.std(ddof=1)), d.size, level) if d.size >= 2 else math.inf
     return mean, mean - half, mean + half
 
 
