@@ -13,10 +13,10 @@ import argparse
 
 import pandas as pd
 
-from distillery.core.arms import ARMS, get_arm
+from distillery.core.arms import ARMS, get_arm, load_best
 from distillery.core.cli import StageContext, main_for
 from distillery.core.errors import ConfigError
-from distillery.core.files import Best, atomic_path, objective_of, read_json, write_json
+from distillery.core.files import atomic_path, objective_of, read_json, write_json
 from distillery.data import load_prepared
 from distillery.evaluation.evaluate import head_predictions
 from distillery.training.distributed import Ranks, shutdown
@@ -46,7 +46,7 @@ def seeds_to_train(ctx: StageContext, arm: str) -> list[int]:
 def body(ctx: StageContext) -> str:
     p, layout, arm = ctx.params, ctx.layout, get_arm(ctx.args.arm)
     check_model_names(p)
-    best = Best.load(layout.best(arm.name))
+    best = load_best(layout, p, arm.name)
     if best.arm != arm.name or best.epochs != p.student.epochs:
         raise ConfigError(f"{layout.best(arm.name)} is from a study of arm '{best.arm}' at {best.epochs} epochs, but "
                           f"this run trains '{arm.name}' at student.epochs={p.student.epochs}; rerun the sweep first "
@@ -109,8 +109,9 @@ def body(ctx: StageContext) -> str:
                 pd.DataFrame(val_pred).to_csv(tmp, index=False)
     if not objectives:
         return f"{arm.name}: the seed plan adds no seed after the pilot"
-    return (f"{arm.name}: val objective {mean:.4f} over {len(objectives)} {'extra ' if extra else ''}seed(s) "
-            f"(best trial: {best.objective:.4f})")
+    source = (f"best trial: {best.objective:.4f}" if best.objective is not None
+              else f"the recipe of {best.recipe_from}, no study of its own")
+    return f"{arm.name}: val objective {mean:.4f} over {len(objectives)} {'extra ' if extra else ''}seed(s) ({source})"
 
 
 if __name__ == "__main__":

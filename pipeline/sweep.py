@@ -1,7 +1,9 @@
 """Stage sweep@<arm>: the arm's Optuna study on the val split, at the final training budget.
 
-Every arm gets the same study (trials, epochs, pruner, sampler seed, shared search space); the
-distilled arms add λ (and τ). Trials are asked train.fuse at a time and train fused (fusion.py); with
+Every arm gets the same study (trials, epochs, pruner, sampler seed); the distilled arms add λ (and
+τ). Under `sweep.recipe: shared` only sweep.recipe_arm searches the recipe knobs; the distilled arms
+search their own knobs at its winning recipe, and a no-teacher arm has nothing to search: its stage
+records that it trains at the recipe arm's winner. Trials are asked train.fuse at a time and train fused (fusion.py); with
 a shared sweep.storage they run one at a time. Run an extra worker on the same study with
 `python pipeline/sweep.py --arm soft` in a second shell: both stop at sweep.n_trials.
 """
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import mlflow
 
-from distillery.core.arms import ARMS, get_arm, search_space, study_budget
+from distillery.core.arms import ARMS, get_arm, has_study, load_best, search_space, shares_recipe, study_budget
 from distillery.core.cli import StageContext, main_for
 from distillery.core.errors import TrainingError
 from distillery.core.files import Best, write_csv, write_json
@@ -40,11 +42,15 @@ def body(ctx: StageContext) -> str:
                if arm.uses_teacher else None)
     setup_tracking(p.tracking, layout)
     budget = study_budget(p, arm.name)
+    if not has_study(p, arm.name):
+        return no_study(ctx, arm, budget)
+    recipe = load_best(layout, p, p.sweep.recipe_arm).hparams if shares_recipe(p, arm.name) else None
+    space = search_space(p, arm.name, recipe)
     # hashed once: the data hash reads every training and val image
     identity = (data.fingerprint(), state_digest(teacher) if teacher is not None else None)
     fingerprint = {  # n_trials is left out: it is a stopping rule, raising it continues the same study
         "arm": arm.name, "budget": {k: v for k, v in budget.items() if k != "n_trials"},
-        "space": {k: v.model_dump() for k, v in search_space(p, arm.name).items()},
+        "space": {k: v.model_dump() for k, v in space.items()},
         "kl_reduction": p.distill.soft.kl_reduction if arm.name == "soft" else None,
         "student": p.student.model_dump(), "train": p.train.identity(), "augment": p.augment.model_dump(),
         "teacher": identity[1], "data": identity[0],
@@ -57,7 +63,7 @@ def body(ctx: StageContext) -> str:
     def objective(batched=False):  # built where trials run: a coordinator of sweep.workers runs none
         make = make_batch_objective if batched else make_objective
         return make(p, arm.name, data, teacher, tags, teacher_cache(p, layout) if arm.uses_teacher else None,
-                    checkpoint_dir=layout.checkpoint(arm.name).parent, identity=identity)
+                    checkpoint_dir=layout.checkpoint(arm.name).parent, identity=identity, space=space)
 
     # sweep.workers share the cap: each asks at most its share, or the first would take every trial
     share = -(-budget["n_trials"] // p.sweep.workers)
@@ -76,7 +82,7 @@ def body(ctx: StageContext) -> str:
         else:
             result = run_study(study, None, budget["n_trials"], lock_path=out_dir / "study.lock",
                                sampler_for=arm_sampler_for(budget), batch_objective=objective(batched=True),
-                               batch=fused, draw=lambda trial: suggest_space(trial, search_space(p, arm.name)))
+                               batch=fused, draw=lambda trial: suggest_space(trial, space))
         if ctx.args.worker:
             return f"{arm.name} worker: the study holds {len(result.trials)} trials"
         if not result.best:
@@ -84,14 +90,37 @@ def body(ctx: StageContext) -> str:
         mlflow.log_metrics({"best_objective": result.best["objective"], "n_trials": len(result.trials)})
     if p.sweep.storage:  # a local SQLite copy of the shared study: DVC's output, and readable offline
         snapshot_study(name, p.sweep.storage, out_dir / "study.db")
-    best = Best(arm=arm.name, study_name=name, epochs=p.student.epochs, **result.best)
+    best = Best(arm=arm.name, study_name=name, epochs=p.student.epochs, **result.best,
+                recipe_from=p.sweep.recipe_arm if recipe is not None else None)
     best.save(layout.best(arm.name))
     write_json(out_dir / "importance.json", param_importance(study))
-    write_csv(out_dir / "trials.csv", result.trials)
+    write_csv(out_dir / "trials.csv", result.trials, TRIAL_COLUMNS)
     for path in trial_checkpoints(layout.checkpoint(arm.name).parent, arm.name):  # the study holds the trials now
         path.unlink(missing_ok=True)
     hp = ", ".join(f"{k}={v:.3g}" for k, v in best.hparams.items())
     return f"{arm.name}: best trial #{best.trial} ({hp}), val objective {best.objective:.4f} over {len(result.trials)} trials"
+
+
+TRIAL_COLUMNS = ("number", "state", "value", "epochs_run")
+
+
+def no_study(ctx: StageContext, arm, budget: dict) -> str:
+    """A no-teacher arm on the shared recipe: no trial to run. Its outputs say so (an empty study and
+    trials.csv, a best.json without a trial), and its MLflow sweep run carries the same budget."""
+    p, layout = ctx.params, ctx.layout
+    out_dir = layout.sweep_dir(arm.name)
+    name = f"{arm.name}-shared-recipe"
+    open_arm_study(out_dir / "study.db", name, budget)
+    tags = base_tags(layout, p, arm.stage("sweep"), arm=arm.name, model_kind="sweep")
+    with start_run(f"sweep-{arm.name}", {**tags, "recipe_from": p.sweep.recipe_arm},
+                   {"arm": arm.name, "budget": budget, "study_name": name}):
+        mlflow.log_metrics({"n_trials": 0})
+    Best(arm=arm.name, study_name=name, trial=None, objective=None, hparams={}, n_trials=0, n_complete=0, n_pruned=0,
+         epochs=p.student.epochs, recipe_from=p.sweep.recipe_arm).save(layout.best(arm.name))
+    write_json(out_dir / "importance.json", {})
+    write_csv(out_dir / "trials.csv", [], TRIAL_COLUMNS)
+    return (f"{arm.name}: nothing to search under sweep.recipe: shared; it trains at the winning recipe of "
+            f"{p.sweep.recipe_arm} (sweeps/{p.sweep.recipe_arm}/best.json)")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 import pytest
 from test_train import toy_data
 
-from distillery.core.arms import ARMS, search_space, study_budget
+from distillery.core.arms import ARMS, has_study, is_fixed, load_best, search_space, study_budget
 from distillery.core.config import parse_params
 from distillery.core.files import Best
 from distillery.training.plan import final_run, trial_run
@@ -15,17 +15,74 @@ PARAMS = parse_params({"data": {"image_size": 8}, "student": {"patch_size": 4, "
 HP = {"lr": 2e-3, "weight_decay": 0.05, "mixing": 0.2, "drop_path": 0.05, "alpha": 0.5, "tau": 2.0}
 
 
-def test_every_arm_gets_the_same_budget_and_shared_search():
-    budgets = {arm: study_budget(PARAMS, arm) for arm in ARMS}
+PER_ARM = PARAMS.model_copy(update={"sweep": PARAMS.sweep.model_copy(update={"recipe": "per_arm"})})
+
+
+def test_best_vs_best_every_arm_gets_the_same_budget_and_shared_search():
+    budgets = {arm: study_budget(PER_ARM, arm) for arm in ARMS}
     assert all(b == budgets["none"] for b in budgets.values()), budgets
-    shared = {k: v for k, v in search_space(PARAMS, "none").items()}
+    shared = {k: v for k, v in search_space(PER_ARM, "none").items()}
     assert set(shared) >= {"lr", "weight_decay", "mixing", "drop_path"}
     for arm in ARMS:
-        space = search_space(PARAMS, arm)
+        space = search_space(PER_ARM, arm)
         assert {k: space[k] for k in shared} == shared  # same knobs, same ranges
-    assert set(search_space(PARAMS, "soft")) - set(shared) == {"alpha", "tau"}
-    assert set(search_space(PARAMS, "hard")) - set(shared) == {"alpha"}
-    assert set(search_space(PARAMS, "control")) == set(shared)
+        assert has_study(PER_ARM, arm)
+    assert set(search_space(PER_ARM, "soft")) - set(shared) == {"alpha", "tau"}
+    assert set(search_space(PER_ARM, "hard")) - set(shared) == {"alpha"}
+    assert set(search_space(PER_ARM, "control")) == set(shared)
+
+
+def test_same_recipe_the_other_arms_search_only_their_own_knobs_at_the_recipe_arm_s_winner():
+    budgets = {arm: study_budget(PARAMS, arm) for arm in ARMS}
+    assert all(b == budgets["none"] for b in budgets.values()), budgets
+    assert PARAMS.sweep.recipe == "shared" and PARAMS.sweep.recipe_arm == "none"  # the default
+    recipe = {k: HP[k] for k in ("lr", "weight_decay", "mixing", "drop_path")}
+    assert not any(is_fixed(v) for v in search_space(PARAMS, "none").values())
+    with pytest.raises(ValueError, match="shared recipe"):
+        search_space(PARAMS, "soft")
+    soft = search_space(PARAMS, "soft", recipe)
+    searched = {k for k, v in soft.items() if not is_fixed(v)}
+    assert searched == {"alpha", "tau"}
+    assert {k: soft[k].choices[0] if k == "mixing" else soft[k].low for k in recipe} == recipe
+    assert {k for k, v in search_space(PARAMS, "hard", recipe).items() if not is_fixed(v)} == {"alpha"}
+    assert {has_study(PARAMS, a) for a in ("none", "soft", "hard")} == {True} and not has_study(PARAMS, "control")
+
+
+def _best(arm, hparams, **kw):
+    return Best(arm=arm, study_name=arm, trial=0, objective=0.5, hparams=hparams, n_trials=1, n_complete=1,
+                n_pruned=0, epochs=5, **kw)
+
+
+def test_load_best_completes_a_shared_recipe_arm_and_refuses_one_tuned_at_another_recipe(tmp_path):
+    from distillery.core.errors import ConfigError
+    from distillery.core.paths import Layout
+
+    layout = Layout(tmp_path)
+    recipe = {k: HP[k] for k in ("lr", "weight_decay", "mixing", "drop_path")}
+    _best("none", recipe).save(layout.best("none"))
+    Best(arm="control", study_name="c", trial=None, objective=None, hparams={}, n_trials=0, n_complete=0, n_pruned=0,
+         epochs=5, recipe_from="none").save(layout.best("control"))
+    _best("soft", {**recipe, "alpha": 0.3, "tau": 2.0}, recipe_from="none").save(layout.best("soft"))
+    assert load_best(layout, PARAMS, "control").hparams == recipe
+    assert load_best(layout, PARAMS, "soft").hparams == {**recipe, "alpha": 0.3, "tau": 2.0}
+    assert load_best(layout, PARAMS, "none").hparams == recipe
+    _best("hard", {**recipe, "lr": 9e-3, "alpha": 0.3}, recipe_from="none").save(layout.best("hard"))
+    with pytest.raises(ConfigError, match=r"sweeps/hard/best.json was not tuned at the shared recipe.*sweep_kd@hard"):
+        load_best(layout, PARAMS, "hard")  # the recipe arm's sweep changed after hard's
+    _best("hard", {**recipe, "alpha": 0.3}).save(layout.best("hard"))  # a best-vs-best study's winner
+    with pytest.raises(ConfigError, match="not tuned at the shared recipe"):
+        load_best(layout, PARAMS, "hard")
+    assert load_best(layout, PER_ARM, "hard").hparams == {**recipe, "alpha": 0.3}
+
+
+def test_the_recipe_arm_must_be_one_that_runs():
+    from distillery.core.config import parse_params as parse
+    from distillery.core.errors import ConfigError
+
+    with pytest.raises((ConfigError, ValueError), match="sweep.recipe_arm=none is not in arms.without_teacher"):
+        parse({"arms": {"without_teacher": ["control"], "with_teacher": ["hard"]}})
+    assert parse({"arms": {"without_teacher": ["control"], "with_teacher": ["hard"]},
+                  "sweep": {"recipe_arm": "control"}}).sweep.recipe_arm == "control"
 
 
 @pytest.mark.parametrize("profile", ["digits", "photos-small", "keras-flowers", "definitive"])

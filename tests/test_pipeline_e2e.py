@@ -192,7 +192,7 @@ def test_metrics_and_verdicts_are_real(repo):
     best = json.loads((dest / "sweeps/soft/best.json").read_text())
     assert 0.1 <= best["hparams"]["alpha"] <= 0.9 and 1.0 <= best["hparams"]["tau"] <= 8.0
     report = (dest / "reports/report.md").read_text()
-    for words in ("best vs best", "Holm", "identical for every arm", "control", "Machine:", "KL normalisation"):
+    for words in ("same recipe", "Holm", "identical for every arm", "control", "Machine:", "KL normalisation"):
         assert words in report, words
 
 
@@ -205,11 +205,12 @@ def test_mlflow_has_every_run_with_the_same_keys_for_trials_and_finals(repo):
     runs = client.search_runs([exp.experiment_id], max_results=500)
     by_name = {r.info.run_name: r for r in runs}
     assert {"teacher", *(f"{a}-seed{s}" for a in ARMS for s in (1, 2)), *(f"sweep-{a}" for a in ARMS)} <= set(by_name)
-    for arm in ARMS:
+    for arm in ARMS:  # control trains at none's recipe (sweep.recipe: shared): no trial of its own
         parent = by_name[f"sweep-{arm}"]
         children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-        assert len(children) == 2
-        assert set(children[0].data.params) == set(by_name[f"{arm}-seed1"].data.params)
+        assert len(children) == (0 if arm == "control" else 2)
+        assert not children or set(children[0].data.params) == set(by_name[f"{arm}-seed1"].data.params)
+    assert by_name["sweep-control"].data.tags["recipe_from"] == "none"
     curve = client.get_metric_history(by_name["soft-seed1"].info.run_id, "val_acc")
     assert [m.step for m in curve] == [1, 2, 3]
     tags = by_name["hard-seed2"].data.tags
@@ -227,7 +228,7 @@ def test_the_real_studies_spent_the_same_budget(repo):
         best = json.loads((dest / f"sweeps/{arm}/best.json").read_text())
         study = optuna.load_study(study_name=best["study_name"], storage=f"sqlite:///{dest}/sweeps/{arm}/study.db")
         finished = [t for t in study.trials if t.state.is_finished() and t.state.name != "FAIL"]
-        assert len(finished) == TINY["sweep.n_trials"], arm
+        assert len(finished) == (0 if arm == "control" else TINY["sweep.n_trials"]), arm
         for t in finished:  # a completed trial ran the full final budget; a pruned one stopped at a rung
             last = max(t.intermediate_values)
             assert last == TINY["student.epochs"] if t.state.name == "COMPLETE" else last >= TINY["sweep.prune_from_epoch"]
@@ -272,9 +273,12 @@ def test_the_teacher_runs_once_per_view_stream(repo):
     assert len(on_disk) == len(streams) * TINY["student.epochs"]
 
 
-KINDS = {"prepare": ["prepare"], "teacher": ["teacher"], "sweep": ["sweep@none", "sweep@control"],
+# sweep@control trains nothing under sweep.recipe: shared (it records none's recipe): not a sweep kill point
+KINDS = {"prepare": ["prepare"], "teacher": ["teacher"], "sweep": ["sweep@none"],
          "sweep_kd": ["sweep_kd@soft", "sweep_kd@hard"], "final": ["final@none", "final@control"],
-         "final_kd": ["final_kd@soft", "final_kd@hard"], "evaluate": ["evaluate"], "report": ["report"]}
+         "final_kd": ["final_kd@soft", "final_kd@hard"], "seed_plan": ["seed_plan"],
+         "extra": ["extra@none", "extra@control"], "extra_kd": ["extra_kd@soft", "extra_kd@hard"],
+         "evaluate": ["evaluate"], "report": ["report"]}
 
 
 def test_killed_anywhere_it_ends_byte_identical_and_redoes_at_most_one_epoch_per_kill(repo, tmp_path,
@@ -305,7 +309,7 @@ def test_killed_anywhere_it_ends_byte_identical_and_redoes_at_most_one_epoch_per
 
     def moment(kind, stage):
         trained = repo.stage_epochs[stage]
-        if kind in ("teacher", "sweep", "final") and trained > 1:
+        if kind in ("teacher", "sweep", "final", "extra") and trained > 1:
             return Kill(stage, rng.randint(1, trained - 1), rng.uniform(0.0, 0.5))
         if trained:
             return Kill(stage, trained, rng.uniform(0.0, 1.0))

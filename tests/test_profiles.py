@@ -111,7 +111,7 @@ def test_keras_flowers_shrunk_runs_end_to_end_fine_tuning_a_resnet_from_a_file(t
 def test_photos_small_shrunk_runs_end_to_end_streaming_random_resized_crops(tmp_path):
     dest, log = shrunk_repro(tmp_path, "photos-small", {
         "teacher.pretrained": False, "train.device_cache": "off",
-        "arms.without_teacher": ["control"], "arms.with_teacher": ["hard"]})
+        "arms.without_teacher": ["control"], "arms.with_teacher": ["hard"], "sweep.recipe_arm": "control"})
     params = yaml.safe_load((dest / "params.yaml").read_text())
     assert params["augment"]["random_resized_crop"] is True and params["student"]["patch_size"] == 8
     assert "streaming training batches from the prepared memory map (train.device_cache: off)" in log

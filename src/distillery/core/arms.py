@@ -12,6 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import ChoiceSpec, Params, RangeSpec, SearchSpec
+from .errors import ConfigError
+from .files import Best
+from .paths import Layout
 
 
 @dataclass(frozen=True)
@@ -45,27 +48,73 @@ def get_arm(name: str) -> Arm:
     return ARMS[name]
 
 
-def search_space(params: Params, arm: str) -> dict[str, SearchSpec]:
-    """The shared recipe knobs (identical for every arm), then the arm's own loss knobs."""
-    space: dict[str, SearchSpec] = {k: getattr(params.search, k) for k in type(params.search).model_fields}
+def recipe_space(params: Params) -> dict[str, SearchSpec]:
+    """The recipe knobs (search.*): the same ranges for every arm that tunes them."""
+    return {k: getattr(params.search, k) for k in type(params.search).model_fields}
+
+
+def own_space(params: Params, arm: str) -> dict[str, SearchSpec]:
+    """The knobs only this arm has: λ (and τ) of the distillation losses."""
     if arm == "soft":
-        space |= {"alpha": params.distill.soft.alpha, "tau": params.distill.soft.tau}
-    elif arm == "hard":
-        space |= {"alpha": params.distill.hard.alpha}
-    return space
+        return {"alpha": params.distill.soft.alpha, "tau": params.distill.soft.tau}
+    if arm == "hard":
+        return {"alpha": params.distill.hard.alpha}
+    return {}
+
+
+def shares_recipe(params: Params, arm: str) -> bool:
+    """Whether the arm trains at sweep.recipe_arm's winning recipe instead of tuning its own."""
+    return params.sweep.recipe == "shared" and arm != params.sweep.recipe_arm
+
+
+def has_study(params: Params, arm: str) -> bool:
+    """Whether the arm's sweep has anything to search (a no-teacher arm on the shared recipe has not)."""
+    return not shares_recipe(params, arm) or bool(own_space(params, arm))
+
+
+def search_space(params: Params, arm: str, recipe: dict[str, float] | None = None) -> dict[str, SearchSpec]:
+    """The recipe knobs, then the arm's own. Under the shared recipe an arm other than the recipe arm
+    gets the recipe fixed at `recipe` (the recipe arm's winning hparams)."""
+    space = recipe_space(params)
+    if shares_recipe(params, arm):
+        if recipe is None:
+            raise ValueError(f"arm {arm} trains at the shared recipe: pass {params.sweep.recipe_arm}'s winning hparams")
+        space = {k: _fixed(spec, recipe[k]) for k, spec in space.items()}
+    return space | own_space(params, arm)
+
+
+def _fixed(spec: SearchSpec, value: float) -> SearchSpec:
+    if isinstance(spec, ChoiceSpec):
+        return ChoiceSpec(choices=[value])
+    return RangeSpec(low=value, high=value, log=spec.log and value > 0)
 
 
 def study_budget(params: Params, arm: str) -> dict:
     """What the arm's study may spend: the sweep stage opens the study from this, and a test checks
     it is the same for every arm."""
-    shared_keys = type(params.search).model_fields
-    shared = {k: v.model_dump() for k, v in search_space(params, arm).items() if k in shared_keys}
     return {"n_trials": params.sweep.n_trials, "epochs_per_trial": params.student.epochs,
             "pruner": params.sweep.effective_pruner(), "reduction_factor": params.sweep.reduction_factor,
             "prune_from_epoch": params.sweep.prune_from_epoch,
             "startup_trials": params.sweep.startup_trials, "sampler_seed": params.seed,
             "objective_epochs": params.sweep.objective_epochs, "warmup_epochs": params.train.warmup_epochs,
-            "shared_space": shared}
+            "recipe": params.sweep.recipe, "recipe_arm": params.sweep.recipe_arm,
+            "shared_space": {k: v.model_dump() for k, v in recipe_space(params).items()}}
+
+
+def load_best(layout: Layout, params: Params, arm: str) -> Best:
+    """The arm's winning configuration, complete: under the shared recipe, the recipe knobs are the
+    recipe arm's winners, and the arm's own study must have been run at exactly those."""
+    best = Best.load(layout.best(arm))
+    if not shares_recipe(params, arm):
+        return best
+    owner = params.sweep.recipe_arm
+    recipe = Best.load(layout.best(owner))
+    shared = {k: recipe.hparams[k] for k in recipe_space(params)}
+    tuned_at = {k: best.hparams[k] for k in shared if k in best.hparams}
+    if best.recipe_from != owner or (tuned_at and tuned_at != shared):
+        raise ConfigError(f"{layout.best(arm)} was not tuned at the shared recipe of {layout.best(owner)} "
+                          f"(sweep.recipe: shared); rerun its sweep (dvc repro {ARMS[arm].stage('sweep')})")
+    return best.model_copy(update={"hparams": {**shared, **best.hparams}})
 
 
 def is_fixed(spec: SearchSpec) -> bool:

@@ -307,6 +307,11 @@ class SweepConfig(_Section):
     prune_from_epoch: int = Field(12, ge=1)
     startup_trials: int = Field(2, ge=0)
     objective_epochs: int = Field(3, ge=1)
+    # shared: recipe_arm's study tunes the recipe (search.*) and every arm trains at its winner, the
+    # distilled arms tuning only their own knobs (DeiT's design: the comparison does not depend on which
+    # arm's recipe search was luckier) | per_arm: every arm tunes the recipe for itself (best vs best)
+    recipe: Literal["shared", "per_arm"] = "shared"
+    recipe_arm: Literal["none", "control"] = "none"
 
     @field_validator("storage")
     @classmethod
@@ -412,6 +417,10 @@ class Params(_Section):
         if self.train.batch_size % self.final.nproc:
             raise ValueError(f"train.batch_size={self.train.batch_size} cannot be split evenly over final.nproc="
                              f"{self.final.nproc} processes; allowed: a batch size that is a multiple of final.nproc")
+        if self.sweep.recipe_arm not in self.arms.without_teacher:
+            raise ValueError(f"sweep.recipe_arm={self.sweep.recipe_arm} is not in arms.without_teacher="
+                             f"{self.arms.without_teacher}; allowed: one of them (its sweep tunes the shared recipe, "
+                             "and every final stage reads its sweeps/<arm>/best.json)")
         if self.sweep.objective_epochs > self.student.epochs:
             raise ValueError(f"sweep.objective_epochs={self.sweep.objective_epochs} exceeds student.epochs="
                              f"{self.student.epochs}; allowed: at most student.epochs")

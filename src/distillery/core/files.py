@@ -51,8 +51,9 @@ def read_json(path: Path) -> Any:
         raise ConfigError(f"{path} is not readable JSON ({exc}); rerun the stage that writes it (dvc repro)") from None
 
 
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    keys: list[str] = []
+def write_csv(path: Path, rows: list[dict[str, Any]], columns: tuple[str, ...] = ()) -> None:
+    """`columns` come first (and make the header of a file without rows); other keys follow."""
+    keys: list[str] = list(columns)
     for row in rows:
         keys.extend(k for k in row if k not in keys)
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
@@ -80,13 +81,14 @@ class Best(BaseModel):
 
     arm: str
     study_name: str
-    trial: int
-    objective: float  # mean val accuracy over the last sweep.objective_epochs epochs
+    trial: int | None  # None: the arm had nothing to search (it trains at recipe_from's recipe)
+    objective: float | None  # mean val accuracy over the last sweep.objective_epochs epochs
     hparams: dict[str, float]
     n_trials: int
     n_complete: int
     n_pruned: int
     epochs: int
+    recipe_from: str | None = None  # sweep.recipe: shared: the arm whose winning recipe this arm trains at
 
     def save(self, path: Path) -> None:
         write_json(path, self.model_dump())

@@ -109,14 +109,15 @@ def fig_sweeps(inputs: ReportInputs, path: Path, dpi: int) -> None:
                 ax.annotate(f"{int(row['epochs_run'])}ep", (row["number"], 0.03), xycoords=rug, fontsize=6,
                             xytext=(3, 3), textcoords="offset points")
         best = inputs.best[arm]
-        ax.scatter([best.trial], [best.objective], marker="*", s=200, color="red", zorder=5, label="best trial")
+        if best.trial is not None:
+            ax.scatter([best.trial], [best.objective], marker="*", s=200, color="red", zorder=5, label="best trial")
         finals = [s["objective"] for s in inputs.finals[arm]["per_seed"].values()]
-        n = int(t["number"].max()) + 1
+        n = int(t["number"].max()) + 1 if len(t) else 0
         ax.errorbar([n], [np.mean(finals)], yerr=[np.std(finals, ddof=1)] if len(finals) > 1 else None,
                     fmt="s", color="black", capsize=4, label="final seeds (mean ± std)")
         ticks = list(range(0, n, max(1, n // 8)))
         ax.set_xticks([*ticks, n], [*map(str, ticks), "final"])
-        ax.set(title=f"{arm}", xlabel="trial")
+        ax.set(title=arm if best.recipe_from is None else f"{arm} (at {best.recipe_from}'s recipe)", xlabel="trial")
     axes[0][0].set_ylabel("val objective")
     axes[0][0].legend(fontsize=7, loc="lower left")
     _save(fig, path, dpi)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.config import Params
+from ..core.arms import load_best
 from ..core.files import Best, read_history_csv, read_json
 from ..core.paths import Layout
 
@@ -26,7 +27,7 @@ class ReportInputs:
     predictions: pd.DataFrame
     token_cosine: dict[str, list[float]]
     histories: dict[str, dict[int, list[dict[str, float]]]]  # arm (or "teacher") -> seed -> history
-    best: dict[str, Best]
+    best: dict[str, Best]  # hparams complete: a shared-recipe arm's include the recipe arm's winners
     trials: dict[str, pd.DataFrame]
     importance: dict[str, dict[str, float]]
     finals: dict[str, dict[str, Any]]  # the pilot's and the extra seeds' per_seed merged
@@ -76,7 +77,7 @@ def load_inputs(layout: Layout, params: Params) -> ReportInputs:
         predictions=pd.read_csv(layout.metrics / "test_predictions.csv"),
         token_cosine=read_json(cosine) if cosine.exists() else {},
         histories=histories,
-        best={arm: Best.load(layout.best(arm)) for arm in arms},
+        best={arm: load_best(layout, params, arm) for arm in arms},
         trials={arm: pd.read_csv(layout.sweep_dir(arm) / "trials.csv") for arm in arms},
         importance={arm: read_json(p) for arm in arms if (p := layout.sweep_dir(arm) / "importance.json").exists()},
         finals={arm: _merged_finals(layout, arm) for arm in arms},

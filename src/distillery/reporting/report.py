@@ -1,7 +1,8 @@
 """The report: reports/report.md, reports/effects.json and reports/figures/*.png.
 
-Built only from files the pipeline wrote; imports no torch. The headline is best-vs-best: each arm
-at the configuration its own (equal-budget) study chose, compared on the test split.
+Built only from files the pipeline wrote; imports no torch. The headline compares the arms on the
+test split, each at its chosen configuration: under `sweep.recipe: shared` all at one recipe (the
+distilled arms with their own tuned λ, τ), under `per_arm` each at its own study's best (best vs best).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.arms import is_fixed, search_space, study_budget
+from ..core.arms import has_study, is_fixed, own_space, recipe_space, study_budget
 from ..core.config import ChoiceSpec, Params
 from ..core.files import write_json, write_text
 from ..core.paths import Layout
@@ -84,6 +85,17 @@ def _machines(inputs: ReportInputs) -> list[str]:
     return seen
 
 
+def _design_sentence(p: Params) -> str:
+    owner = p.sweep.recipe_arm
+    if p.sweep.recipe == "shared":
+        return (f"Every arm trains at one recipe (learning rate, weight decay, mixing, drop path), the winner of "
+                f"{owner}'s study; the distilled arms tuned only their own λ (and τ) at it, with the same trial "
+                "budget, and the other arms have no knob of their own. So Δ does not depend on which arm's recipe "
+                "search was luckier (DeiT's design); `sweep.recipe: per_arm` gives best vs best.")
+    return ("Each arm was tuned by its own study with the same budget (best vs best): Δ includes the luck of "
+            "each arm's recipe search, which the interval below does not cover; `sweep.recipe: shared` removes it.")
+
+
 def render_markdown(inputs: ReportInputs, comps: list[Comparison], figs: list[str]) -> str:
     p, ev, ds = inputs.params, inputs.evaluation, inputs.data_summary
     c = ds["counts"]
@@ -96,10 +108,10 @@ def render_markdown(inputs: ReportInputs, comps: list[Comparison], figs: list[st
              + (f", {ds['num_skipped']} file(s) skipped (listed below)" if ds.get("num_skipped") else "") + ".",
              f"Machine: {'; '.join(_machines(inputs)) or 'not recorded'}.", ""]
     # ------------------------------------------------------------------ headline
-    lines += ["## Headline (best vs best, test split)", ""]
+    shared = p.sweep.recipe == "shared"
+    lines += [f"## Headline ({'same recipe' if shared else 'best vs best'}, test split)", ""]
     if comps:
-        lines += [f"Each arm was tuned by its own study with the same budget, then its best configuration was "
-                  f"retrained with {n_seeds} seeds. Δ is the mean over seeds of the paired per-seed difference in test "
+        lines += [f"{_design_sentence(p)} Each arm's configuration was then retrained with {n_seeds} seeds. Δ is the mean over seeds of the paired per-seed difference in test "
                   f"accuracy; the CI is a t-interval over those differences (n = seeds both arms have). Across the "
                   f"{len(comps)} comparisons the family-wise error is held at α = {p.report.alpha:g}: the intervals are "
                   f"simultaneous (Bonferroni, each at 1 − α/{len(comps)}), so the verdicts hold together, and the "
@@ -133,8 +145,11 @@ def render_markdown(inputs: ReportInputs, comps: list[Comparison], figs: list[st
                      f"{_pct_std(m, 'test_acc_dist')} | {_pct_std(m, 'test_acc_avg')} | "
                      f"{_pct(m.get('teacher_agreement'))} | {inputs.throughput['images_per_s'].get(name, float('nan')):,.0f} |")
     # ------------------------------------------------------------------ budget and recipes
+    studied = [arm for arm in inputs.arms if has_study(p, arm)]
     lines += ["", "## Tuning budget (identical for every arm)", "",
-              f"{budget['n_trials']} trials per arm, each trained for the full {budget['epochs_per_trial']} epochs "
+              f"{budget['n_trials']} trials per study ({', '.join(studied)}"
+              + (f"; {', '.join(a for a in inputs.arms if a not in studied)} train at {p.sweep.recipe_arm}'s recipe "
+                 "with nothing of their own to search" if len(studied) < len(inputs.arms) else "") + "), each trained for the full {budget['epochs_per_trial']} epochs "
               f"of the final runs ({budget['warmup_epochs']} warm-up, cosine) unless pruned; pruner "
               f"`{budget['pruner']}` (reduction factor {budget['reduction_factor']}), never before warm-up ends; "
               f"TPE sampler seeded with {budget['sampler_seed']}, {budget['startup_trials']} random start-up trials; "
@@ -147,11 +162,11 @@ def render_markdown(inputs: ReportInputs, comps: list[Comparison], figs: list[st
                            if arm in inputs.trials) or "not recorded") + ".", "",
               "| knob | searched over |", "| --- | --- |"]
     for arm in inputs.arms:
-        own = {k: v for k, v in search_space(p, arm).items() if k not in budget["shared_space"]}
-        for k, v in own.items():
+        for k, v in own_space(p, arm).items():
             lines.append(f"| {k} ({arm} only) | {_spec(v)} |")
-    for k, v in search_space(p, "none").items():
-        lines.append(f"| {k} (every arm) | {_spec(v)} |")
+    whose = f"{p.sweep.recipe_arm}'s study; every arm trains at its winner" if shared else "every arm"
+    for k, v in recipe_space(p).items():
+        lines.append(f"| {k} ({whose}) | {_spec(v)} |")
     lines += ["", "## Winning recipe per arm, and whether the sweep's estimate held", "",
               "Best trial: its val objective at seed " f"{p.seed}" ". Final: the same configuration retrained with "
               "every final seed (mean ± std of the same val objective). A best trial well above the final mean is "
@@ -163,7 +178,8 @@ def render_markdown(inputs: ReportInputs, comps: list[Comparison], figs: list[st
         hp = b.hparams
         finals = np.array([s["objective"] for s in f["per_seed"].values()])
         std = f" ± {100 * finals.std(ddof=1):.1f}" if len(finals) > 1 else ""
-        lines.append(f"| {arm} | {b.n_complete} / {b.n_pruned} | #{b.trial} | {hp['lr']:.2g} | {hp['weight_decay']:.2g} | "
+        trial = f"#{b.trial}" if b.trial is not None else f"{b.recipe_from}'s"
+        lines.append(f"| {arm} | {b.n_complete} / {b.n_pruned} | {trial} | {hp['lr']:.2g} | {hp['weight_decay']:.2g} | "
                      f"{hp['mixing']:g} | {hp['drop_path']:.2f} | {_opt(hp, 'alpha')} | {_opt(hp, 'tau')} | {_pct(b.objective)} | {100 * finals.mean():.1f}{std} |")
     lines += ["", f"Teacher (`{p.teacher.model}`): val accuracy {_pct(inputs.teacher['val_acc'])}%.", ""]
     # ------------------------------------------------------------------ figures and the rest

@@ -16,7 +16,7 @@ import optuna
 import torch.nn as nn
 
 from ..core.arms import search_space, study_budget
-from ..core.config import Params
+from ..core.config import Params, SearchSpec
 from ..core.errors import TrainingError
 from ..core.files import objective_of
 from ..data import Prepared
@@ -40,9 +40,10 @@ def _prune(trial: optuna.Trial, reason: str, run_id: str) -> optuna.TrialPruned:
 def make_objective(params: Params, arm: str, data: Prepared, teacher: nn.Module | None,
                    tags: dict[str, str], teacher_cache: TeacherCache | None = None,
                    checkpoint_dir: Path | None = None,
-                   identity: tuple[str, str | None] | None = None) -> Callable[[optuna.Trial], float]:
+                   identity: tuple[str, str | None] | None = None,
+                   space: dict[str, SearchSpec] | None = None) -> Callable[[optuna.Trial], float]:
     """The Optuna objective of one arm, one trial at a time (a batch of one of make_batch_objective)."""
-    batch = make_batch_objective(params, arm, data, teacher, tags, teacher_cache, checkpoint_dir, identity)
+    batch = make_batch_objective(params, arm, data, teacher, tags, teacher_cache, checkpoint_dir, identity, space)
 
     def objective(trial: optuna.Trial) -> float:
         (outcome,) = batch([trial])
@@ -55,7 +56,8 @@ def make_objective(params: Params, arm: str, data: Prepared, teacher: nn.Module 
 
 def make_batch_objective(params: Params, arm: str, data: Prepared, teacher: nn.Module | None,
                          tags: dict[str, str], teacher_cache: TeacherCache | None = None,
-                         checkpoint_dir: Path | None = None, identity: tuple[str, str | None] | None = None
+                         checkpoint_dir: Path | None = None, identity: tuple[str, str | None] | None = None,
+                         space: dict[str, SearchSpec] | None = None
                          ) -> Callable[[list[optuna.Trial]], list[float | optuna.TrialPruned]]:
     """The Optuna objective of one arm for a batch of trials trained fused (training.fusion): each
     trial its own member, MLflow run (nested in the active sweep run), pruning decision and checkpoint.
@@ -64,8 +66,9 @@ def make_batch_objective(params: Params, arm: str, data: Prepared, teacher: nn.M
     resumes from the last epoch, and replays the earlier epochs to its new Optuna trial and MLflow run.
     The checkpoints stay until the sweep stage ends (trial_checkpoints): a kill between a trial's last
     epoch and Optuna's record of it then costs nothing. `identity`: (data.fingerprint(), the teacher's
-    state_digest or None) when the caller has them already."""
-    space = search_space(params, arm)
+    state_digest or None) when the caller has them already. `space`: the arm's search space (default
+    search_space(params, arm); an arm on the shared recipe needs it with the recipe fixed)."""
+    space = space if space is not None else search_space(params, arm)
     budget = study_budget(params, arm)  # the same numbers the arm's study (pruner, sampler) is built from
     first_prunable = first_prunable_epoch(budget["warmup_epochs"], budget["epochs_per_trial"],
                                           budget["prune_from_epoch"])
