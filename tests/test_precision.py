@@ -116,3 +116,57 @@ def test_the_seed_plan_stage_never_reads_the_test_split(tmp_path):
     plan = json.loads((tmp_path / "metrics" / "seed_plan.json").read_text())
     assert plan["test_images"] == 400 and plan["val_images"] == 200
     assert all(a["seeds"] <= 5 for a in plan["arms"].values())
+
+
+def _probit_population(rng, theta_a, theta_b, sd_ease, sd_gap, sd_seed, size=400_000):
+    """Δ (points) over new images and new seeds of the 0/1 model below, by Monte Carlo on a large sample."""
+    ease, gap = rng.normal(0, sd_ease, size), rng.normal(0, sd_gap, size)
+    seed_a, seed_b = rng.normal(0, sd_seed, size), rng.normal(0, sd_seed, size)
+    return 100 * float(np.mean(st.norm.cdf(theta_a + ease + gap + seed_a) - st.norm.cdf(theta_b + ease + seed_b)))
+
+
+def test_the_new_image_interval_covers_on_0_1_data_from_a_latent_model():
+    """Correct/incorrect per (seed, image), as the report sees it: image i is easy or hard for both arms
+    (ease_i) and more or less so for arm a (gap_i), seed s is a better or worse model (seed_s), and the
+    0/1 outcome is a Bernoulli draw on top. The new-image interval must cover Δ over new images and
+    seeds; the seed-only one must cover Δ on the images drawn (its own target)."""
+    rng = np.random.default_rng(7)
+    theta_a, theta_b, sd_ease, sd_gap, sd_seed = 1.6, 1.35, 1.0, 0.5, 0.15
+    population = _probit_population(rng, theta_a, theta_b, sd_ease, sd_gap, sd_seed)
+    reps, n, big_n, level = 600, 6, 359, 0.95
+    nodes, weights = np.polynomial.hermite_e.hermegauss(40)  # E over a new seed, per image (conditional target)
+    weights = weights / weights.sum()
+    new_cover = seed_cover = 0
+    for _ in range(reps):
+        ease, gap = rng.normal(0, sd_ease, big_n), rng.normal(0, sd_gap, big_n)
+        la, lb = theta_a + ease + gap, theta_b + ease
+        a = rng.random((n, big_n)) < st.norm.cdf(la + rng.normal(0, sd_seed, (n, 1)))
+        b = rng.random((n, big_n)) < st.norm.cdf(lb + rng.normal(0, sd_seed, (n, 1)))
+        _, lo, hi = new_image_interval(a, b, level)
+        new_cover += lo <= population <= hi
+        on_these = 100 * float(np.mean(st.norm.cdf(la[:, None] + sd_seed * nodes) @ weights
+                                       - st.norm.cdf(lb[:, None] + sd_seed * nodes) @ weights))
+        _, lo, hi = t_interval(100 * (a.mean(1) - b.mean(1)), level)
+        seed_cover += lo <= on_these <= hi
+    assert 0.92 <= new_cover / reps <= 0.99, new_cover / reps
+    assert 0.92 <= seed_cover / reps <= 0.98, seed_cover / reps
+
+
+@pytest.mark.parametrize("design", ["shared", "per_arm"])
+def test_recipe_tuning_luck_leaves_the_same_recipe_interval_alone_and_breaks_best_vs_best(design):
+    """Per-seed Δ_s = μ + luck_a − luck_b + seed noise, where luck is how good the recipe a study found
+    turned out (SD 1 point, the size measured here). Same recipe: both arms train at one study's winner,
+    the luck cancels and the seed interval covers μ. Best vs best: each arm has its own luck, which no
+    seed replicates: the same interval covers μ far less often than it says."""
+    rng = np.random.default_rng(3)
+    reps, n, mu, level = 4000, 10, 1.0, 0.95
+    luck_a = rng.normal(0, 1.0, reps)
+    luck_b = luck_a if design == "shared" else rng.normal(0, 1.0, reps)
+    covered = 0
+    for r in range(reps):
+        _, lo, hi = t_interval(mu + luck_a[r] - luck_b[r] + rng.normal(0, 1.7, n), level)
+        covered += lo <= mu <= hi
+    if design == "shared":
+        assert 0.93 <= covered / reps <= 0.97
+    else:
+        assert covered / reps < 0.75

@@ -124,3 +124,15 @@ def test_compare_arms_end_to_end():
     assert single.verdict == "needs ≥ 2 seeds" and single.p_value == 1.0 and single.n_seeds == 1
     d = single.as_dict()
     assert d["low"] is None and d["high"] is None and json.loads(json.dumps(d)) == d
+
+
+def test_expected_best_by_hand():
+    from distillery.reporting.stats import expected_best
+
+    values = np.array([3.0, 1.0, 2.0])
+    assert expected_best(values, 1) == pytest.approx((2.0, math.sqrt(2 / 3)))
+    # k = 2: P(best = 1, 2, 3) = 1/9, 3/9, 5/9 -> mean 22/9, E[best²] = (1 + 12 + 45)/9 = 58/9
+    mean, sd = expected_best(values, 2)
+    assert mean == pytest.approx(22 / 9) and sd == pytest.approx(math.sqrt(58 / 9 - (22 / 9) ** 2))
+    assert expected_best(values, 200)[0] == pytest.approx(3.0)  # many draws: the best one, surely
+    assert expected_best(np.array([0.5] * 4), 3) == (0.5, 0.0)

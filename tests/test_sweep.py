@@ -1,5 +1,6 @@
 """Optuna studies: the cap holds across reruns, a rerun resumes, pruning waits for warm-up."""
 
+import numpy as np
 import optuna
 import pytest
 
@@ -181,3 +182,26 @@ def test_a_batch_draws_each_trial_from_its_own_slots_sampler(tmp_path):
         settings[batch] = {t.user_attrs["slot"]: t.params for t in study.trials}
     assert settings[3] == settings[1]
     assert len({round(p["alpha"], 12) for p in settings[3].values()}) == 3
+
+
+def _study_with(n_complete: int, knobs: tuple[str, ...]):
+    import optuna
+
+    study = optuna.create_study(direction="maximize")
+    dists = {k: optuna.distributions.FloatDistribution(0.0, 1.0) for k in knobs}
+    rng = np.random.default_rng(0)
+    for _ in range(n_complete):
+        values = {k: float(rng.random()) for k in knobs}
+        study.add_trial(optuna.trial.create_trial(params=values, distributions=dists, value=values[knobs[0]]))
+    return study
+
+
+def test_importances_wait_for_ten_completed_trials_per_searched_knob():
+    from distillery.core.arms import importance_min_trials
+    from distillery.tuning.studies import param_importance
+
+    assert importance_min_trials(1) == 10 and importance_min_trials(4) == 40
+    assert param_importance(_study_with(19, ("alpha", "tau"))) == {}  # the default study's 3 trials: nothing
+    imp = param_importance(_study_with(20, ("alpha", "tau")))
+    assert set(imp) == {"alpha", "tau"} and imp["alpha"] > imp["tau"]  # the objective is alpha itself
+    assert param_importance(_study_with(39, ("lr", "weight_decay", "mixing", "drop_path"))) == {}

@@ -41,23 +41,29 @@ def head_predictions(net: nn.Module, data: Prepared, split: str, train_cfg: Trai
 
 
 @torch.no_grad()
-def throughput(net: nn.Module, data: Prepared, train_cfg: TrainConfig, repeats: int) -> float:
-    """Inference images per second on the test split (median of `repeats` passes after one warm-up)."""
+def throughput(nets: dict[str, nn.Module], data: Prepared, train_cfg: TrainConfig, repeats: int
+               ) -> dict[str, list[float]]:
+    """Inference images/s of each model on the test split, one pass per model per round, `repeats`
+    rounds after one warm-up each. The models take turns (the order rotates every round), so a drift
+    in the machine's speed lands on all of them alike instead of on whichever ran during it."""
     device = resolve_device(train_cfg.device)
-    net.to(device)
     normalizer = Normalizer(data.mean, data.std, device, data.image_size)
     x = data.splits["test"].x
-    predict(net, x[: train_cfg.eval_batch_size], normalizer, train_cfg.eval_batch_size, device)
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        predict(net, x, normalizer, train_cfg.eval_batch_size, device)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return float(len(x) / np.median(times))
+    for net in nets.values():
+        net.to(device)
+        predict(net, x[: train_cfg.eval_batch_size], normalizer, train_cfg.eval_batch_size, device)
+    names = list(nets)
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            predict(nets[name], x, normalizer, train_cfg.eval_batch_size, device)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            rates[name].append(len(x) / (time.perf_counter() - t0))
+    return rates
 
 
 @torch.no_grad()
@@ -91,7 +97,7 @@ def model_summary(net: nn.Module, preds: dict[str, np.ndarray], labels: np.ndarr
 
 # ---------------------------------------------------------------- the evaluate stage's work
 class Evaluation:
-    def __init__(self, metrics: dict[str, Any], throughput: dict[str, float], predictions,
+    def __init__(self, metrics: dict[str, Any], throughput: dict[str, list[float]], predictions,
                  token_cosine: dict[str, list[float]]):
         self.metrics, self.throughput, self.predictions = metrics, throughput, predictions
         self.token_cosine = token_cosine
@@ -130,7 +136,7 @@ def evaluate_all(layout: Layout, models: dict[str, list[tuple[int, Path]]], data
     labels = data.splits["test"].y
     columns: dict[str, np.ndarray] = {"label": labels}
     metrics: dict[str, Any] = {}
-    speed: dict[str, float] = {}
+    timed: dict[str, nn.Module] = {}  # one model per arm (its first seed): timed together at the end
     teacher_pred = None
     cosine: dict[str, list[float]] = {}
     for name, entries in _checkpoints(layout, models).items():
@@ -153,11 +159,11 @@ def evaluate_all(layout: Layout, models: dict[str, list[tuple[int, Path]]], data
                     continue
                 columns[f"{tag}_{head}"] = p
             if seed is None or seed == entries[0][0]:
-                speed[name] = throughput(net, data, train_cfg, repeats)
+                timed[name] = net
         metrics[name] = _aggregate(per_seed)
         if per_seed_cosine:
             cosine[name] = np.mean(per_seed_cosine, axis=0).tolist()
-    return Evaluation(metrics, speed, pd.DataFrame(columns), cosine)
+    return Evaluation(metrics, throughput(timed, data, train_cfg, repeats), pd.DataFrame(columns), cosine)
 
 
 def _aggregate(per_seed: dict[int | None, dict[str, Any]]) -> dict[str, Any]:

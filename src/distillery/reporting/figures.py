@@ -14,7 +14,7 @@ from scipy import stats as st  # noqa: E402
 from ..core.arms import ARMS, REFERENCES  # noqa: E402
 from ..core.files import atomic_path  # noqa: E402
 from .inputs import ReportInputs, seed_columns  # noqa: E402
-from .stats import Comparison  # noqa: E402
+from .stats import Comparison, expected_best  # noqa: E402
 
 COLORS = {"teacher": "#444444", "none": "#1f77b4", "control": "#9467bd", "soft": "#ff7f0e", "hard": "#2ca02c"}
 
@@ -71,7 +71,8 @@ def fig_delta_val(inputs: ReportInputs, path: Path, dpi: int) -> None:
                 half = st.t.ppf(0.975, n - 1) * d.std(0, ddof=1) / np.sqrt(n)
                 ax.fill_between(ep, mean - half, mean + half, color=COLORS[arm], alpha=0.2)
         ax.axhline(0, color="black", lw=0.8)
-        ax.set(title=f"Δ val accuracy vs {ref} (band: 95% CI over seeds)", xlabel="epoch", ylabel="points")
+        ax.set(title=f"Δ val accuracy vs {ref}\n(band: pointwise 95% CI over seeds, on the split that chose the "
+                     "configurations)", xlabel="epoch", ylabel="points")
         ax.legend(fontsize=8)
     _save(fig, path, dpi)
 
@@ -82,13 +83,16 @@ def fig_learning_curves(inputs: ReportInputs, path: Path, dpi: int) -> None:
         runs = list(by_seed.values())
         if not runs:
             continue
-        for ax, key in zip(axes, ("val_acc", "train_loss")):
+        for ax, key in zip(axes, ("val_acc", "val_loss")):
             ep, vals = _curves(runs, key)
             ax.plot(ep, np.nanmean(vals, 0), label=label(name), color=COLORS.get(name))
             if len(runs) > 1:
                 ax.fill_between(ep, np.nanmin(vals, 0), np.nanmax(vals, 0), color=COLORS.get(name), alpha=0.15)
     axes[0].set(title="val accuracy (inference rule; band: min–max over seeds)", xlabel="epoch", ylabel="accuracy")
-    axes[1].set(title="training loss (each arm's own objective)", xlabel="epoch", ylabel="loss")
+    # the training losses are not comparable (distillation adds a term, mixing changes the targets): the val
+    # cross-entropy of the inference rule on the true labels is the same quantity for every model
+    axes[1].set(title="val cross-entropy (inference rule, true labels; band: min–max)", xlabel="epoch",
+                ylabel="loss")
     axes[0].legend(loc="lower right", fontsize=8)
     _save(fig, path, dpi)
 
@@ -120,6 +124,34 @@ def fig_sweeps(inputs: ReportInputs, path: Path, dpi: int) -> None:
         ax.set(title=arm if best.recipe_from is None else f"{arm} (at {best.recipe_from}'s recipe)", xlabel="trial")
     axes[0][0].set_ylabel("val objective")
     axes[0][0].legend(fontsize=7, loc="lower left")
+    _save(fig, path, dpi)
+
+
+def tuning_curve(trials) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """k = 1..completed trials, and the expected best val objective of k trials with its SD."""
+    done = trials.loc[trials["state"] == "COMPLETE", "value"].to_numpy(dtype=float)
+    k = np.arange(1, len(done) + 1)
+    ev = np.array([expected_best(done, j) for j in k]).reshape(-1, 2)
+    return k, ev[:, 0], ev[:, 1]
+
+
+def fig_tuning_curves(inputs: ReportInputs, path: Path, dpi: int) -> None:
+    """Has each study saturated? Expected best of k trials (band ±1 SD), and the best found so far."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for arm in [a for a in inputs.arms if a in inputs.trials]:
+        t = inputs.trials[arm].sort_values("number")
+        k, mean, sd = tuning_curve(t)
+        if not len(k):
+            continue
+        ax.plot(k, mean, color=COLORS[arm], marker="o", ms=3, label=f"{arm}: expected best of k")
+        ax.fill_between(k, mean - sd, mean + sd, color=COLORS[arm], alpha=0.15)
+        so_far = t["value"].astype(float).fillna(-np.inf).cummax()  # pruned trials are spent trials
+        ax.step(np.arange(1, len(t) + 1), so_far, where="post", ls="--", color=COLORS[arm], lw=1,
+                label=f"{arm}: best so far (sampler's order)")
+    if not ax.lines:
+        ax.text(0.5, 0.5, "no study completed a trial", ha="center", va="center", transform=ax.transAxes)
+    ax.set(title="tuning curves (val objective; band: ±1 SD of the best of k)", xlabel="trials", ylabel="val objective")
+    ax.legend(fontsize=7, loc="lower right")
     _save(fig, path, dpi)
 
 

@@ -54,6 +54,15 @@ def _num(x: float | None, fmt: str = ".2f") -> str:
     return "–" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, fmt)
 
 
+def _tuning_luck(p) -> str:
+    if p.sweep.recipe == "shared":
+        return (f"Tuning luck: every arm trains at the recipe {p.sweep.recipe_arm}'s study chose, so the luck of "
+                "that search is on both sides of Δ and cancels (it makes Δ a gap at that recipe); the luck of a "
+                "distilled arm's own λ/τ search is not covered by either interval.")
+    return ("Neither covers tuning luck: each arm's own study could have chosen other settings, and Δ moves with "
+            "them (`sweep.recipe: shared` takes the recipe search out of Δ).")
+
+
 def precision_lines(inputs: ReportInputs, rows: list[Precision]) -> list[str]:
     p = inputs.params
     plan = inputs.seed_plan
@@ -78,9 +87,8 @@ def precision_lines(inputs: ReportInputs, rows: list[Precision]) -> list[str]:
     lines += ["", "What each interval covers: the headline's interval covers seed-to-seed variance (initialisation, "
               "data order, drop-path and augmentation draws) on this fixed test split; the last column adds the "
               "sampling of test images (a two-way seeds × images model), so it says how the gap would hold on new "
-              "images of the same kind. Neither covers tuning luck: another study of the same budget could have "
-              "chosen other settings. The 80 % MDE is the smallest true Δ these seeds would detect four times "
-              "in five at the simultaneous level."]
+              "images of the same kind. " + _tuning_luck(p) + " The 80 % MDE is the smallest true Δ these seeds would "
+              "detect four times in five at the simultaneous level."]
     if short:
         lines += ["", f"**Not sized to answer at ±{p.report.target_halfwidth:g}:** {', '.join(short)}. The seeds "
                   "column on the right is what this run's own test SD says a run would need; raise "

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from ..core.arms import has_study, is_fixed, own_space, recipe_space, study_budget
+from ..core.arms import (has_study, importance_min_trials, is_fixed, own_space, recipe_space, shares_recipe,
+                         study_budget)
 from ..core.config import ChoiceSpec, Params
 from ..core.files import write_json, write_text
 from ..core.paths import Layout
@@ -27,11 +28,20 @@ FIGURES = {
     "effects.png": (None, "Each distilled arm minus each reference on the test split: Δ with its simultaneous CI; "
                           "the grey band is ±min_effect, declared in params before the run."),
     "delta_val.png": (figures.fig_delta_val, "Δ val accuracy per epoch (distilled − reference, paired by seed): "
-                                             "is the effect still moving when training stops?"),
-    "learning_curves.png": (figures.fig_learning_curves, "Val accuracy and training loss per epoch, every arm."),
+                                             "is the effect still moving when training stops? The band is a "
+                                             "pointwise 95% interval per epoch (not simultaneous over epochs), on "
+                                             "the val split that also chose the configurations: optimistic, and "
+                                             "no evidence by itself."),
+    "learning_curves.png": (figures.fig_learning_curves, "Val accuracy and val cross-entropy (the inference rule "
+                                                         "against the true labels, the same quantity for every "
+                                                         "model) per epoch."),
     "sweeps.png": (figures.fig_sweeps, "Each arm's study: completed trials' objective, pruned trials as crosses on the "
                                        "axis (with the epochs they ran; they have no objective), "
                                        "the best trial, and the final seeds' val objective."),
+    "tuning_curves.png": (figures.fig_tuning_curves,
+                          "Each study's tuning curve: the expected best val objective of k of its completed trials "
+                          "drawn at random (Dodge et al. 2019, band ±1 SD), and the best found so far in the order "
+                          "the sampler ran them. Still rising at the last trial: the study had not saturated."),
     "heads.png": (figures.fig_heads, "Class head, distillation head and their average for the two-token arms."),
     "agreement.png": (figures.fig_agreement, "How often each arm predicts the teacher's class on the test split."),
     "token_cosine.png": (figures.fig_token_cosine, "Cosine similarity of the class and distillation tokens by layer."),
@@ -85,6 +95,39 @@ def _machines(inputs: ReportInputs) -> list[str]:
     return seen
 
 
+def _throughput_note(throughput: dict[str, Any]) -> str:
+    rounds = throughput.get("images_per_s_rounds")
+    if not rounds:
+        return "images/s: one model per arm, median of timed passes over the test split."
+    spread = ", ".join(f"{name} {min(r):,.0f}–{max(r):,.0f}" for name, r in rounds.items())
+    return (f"images/s: median of {throughput['rounds']} rounds in which every model (one per arm) makes one pass "
+            f"over the test split, taking turns, so a drift in the machine's speed hits them alike; range over "
+            f"rounds: {spread}. Differences inside those ranges are timing noise.")
+
+
+def _tuning_lines(inputs: ReportInputs) -> list[str]:
+    """Whether each study saturated (the last trial's expected gain) and its importances, if it has enough trials."""
+    gains, importances = [], []
+    for arm in [a for a in inputs.arms if a in inputs.trials]:
+        k, mean, _ = figures.tuning_curve(inputs.trials[arm])
+        if len(k) >= 2:
+            gains.append(f"{arm} {100 * (mean[-1] - mean[-2]):+.2f}")
+        searched = len(own_space(inputs.params, arm)) + (0 if shares_recipe(inputs.params, arm) else
+                                                          len(recipe_space(inputs.params)))
+        if imp := inputs.importance.get(arm):
+            importances.append(f"{arm}: " + ", ".join(f"{n} {v:.2f}" for n, v in imp.items()))
+        elif len(k):
+            importances.append(f"{arm}: not computed ({len(k)} completed trials; fANOVA needs "
+                               f"{importance_min_trials(searched)} for {searched} searched knobs)")
+    lines = []
+    if gains:
+        lines += ["Expected gain of the last trial over one fewer (points of val objective; tuning_curves.png): "
+                  + ", ".join(gains) + ". Near zero: more trials would rarely have found better settings.", ""]
+    if importances:
+        lines += ["Knob importances (fANOVA): " + "; ".join(importances) + ".", ""]
+    return lines
+
+
 def _design_sentence(p: Params) -> str:
     owner = p.sweep.recipe_arm
     if p.sweep.recipe == "shared":
@@ -105,6 +148,7 @@ def render_markdown(inputs: ReportInputs, comps: list[Comparison], figs: list[st
     lines = [f"# {p.report.title}", "",
              f"Data: **{ds['source']}**, {ds['num_classes']} classes, {ds['channels']}×{ds['image_size']}×"
              f"{ds['image_size']} px, train/val/test = {c['train']}/{c['val']}/{c['test']} images"
+             + (f" (split seed {ds['split_seed']})" if "split_seed" in ds else "")
              + (f", {ds['num_skipped']} file(s) skipped (listed below)" if ds.get("num_skipped") else "") + ".",
              f"Machine: {'; '.join(_machines(inputs)) or 'not recorded'}.", ""]
     # ------------------------------------------------------------------ headline
@@ -128,9 +172,7 @@ def render_markdown(inputs: ReportInputs, comps: list[Comparison], figs: list[st
         lines += [f"Soft distillation uses KL normalisation `{p.distill.soft.kl_reduction}` "
                   "(`batchmean`: textbook KD, as timm; `numel`: the DeiT reference code, C times smaller). "
                   "`control` is the distilled architecture without a teacher (both tokens learn the labels): "
-                  "distilled − control isolates the teacher's signal from the extra token and the averaged heads. "
-                  "The interval reflects seed-to-seed variance (initialisation and data order) on this fixed test "
-                  "split; it does not cover sampling a new test split.", ""]
+                  "distilled − control isolates the teacher's signal from the extra token and the averaged heads.", ""]
     else:
         lines += ["No distilled arm and reference both ran: nothing to compare.", ""]
     # ------------------------------------------------------------------ results table
@@ -144,6 +186,7 @@ def render_markdown(inputs: ReportInputs, comps: list[Comparison], figs: list[st
         lines.append(f"| {figures.label(name)} | {m['num_params'] / 1e6:.2f} M | {_pct_std(m, 'test_acc_cls')} | "
                      f"{_pct_std(m, 'test_acc_dist')} | {_pct_std(m, 'test_acc_avg')} | "
                      f"{_pct(m.get('teacher_agreement'))} | {inputs.throughput['images_per_s'].get(name, float('nan')):,.0f} |")
+    lines += ["", _throughput_note(inputs.throughput)]
     # ------------------------------------------------------------------ budget and recipes
     studied = [arm for arm in inputs.arms if has_study(p, arm)]
     lines += ["", "## Tuning budget (identical for every arm)", "",
@@ -160,7 +203,7 @@ def render_markdown(inputs: ReportInputs, comps: list[Comparison], figs: list[st
               "", "Realised training epochs per arm (all trials, pruned ones included): "
               + (", ".join(f"{arm} {int(inputs.trials[arm]['epochs_run'].sum())}" for arm in inputs.arms
                            if arm in inputs.trials) or "not recorded") + ".", "",
-              "| knob | searched over |", "| --- | --- |"]
+              *_tuning_lines(inputs), "| knob | searched over |", "| --- | --- |"]
     for arm in inputs.arms:
         for k, v in own_space(p, arm).items():
             lines.append(f"| {k} ({arm} only) | {_spec(v)} |")

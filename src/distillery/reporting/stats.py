@@ -216,3 +216,20 @@ def new_image_interval(correct_a: np.ndarray, correct_b: np.ndarray, level: floa
     var = max(rows / n + cols / big_n - flip / n, rows / n)
     half = t_quantile(level, n) * math.sqrt(var)
     return mean, mean - half, mean + half
+
+
+def expected_best(values: np.ndarray, k: int) -> tuple[float, float]:
+    """Expected validation performance (Dodge et al. 2019): mean and SD of the best of k trials drawn
+    with replacement from the completed ones, i.e. what a study of k random trials would find.
+
+    With the values sorted, the i-th smallest is the best of k draws with probability (i/N)^k − ((i−1)/N)^k.
+    The trials come from the study's sampler, not independent random search: read the curve as the
+    study's own trials reshuffled."""
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    n = len(v)
+    if n == 0:
+        return math.nan, math.nan
+    i = np.arange(1, n + 1)
+    w = (i / n) ** k - ((i - 1) / n) ** k
+    mean = float(w @ v)
+    return mean, math.sqrt(max(float(w @ v**2) - mean**2, 0.0))

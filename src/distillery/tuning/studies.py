@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import optuna
 
+from ..core.arms import importance_min_trials
 from ..core.config import ChoiceSpec, SearchSpec, SweepConfig
 from ..core.errors import TrainingError
 from ..core.files import atomic_path
@@ -275,10 +276,10 @@ def snapshot_study(study_name: str, storage_url: str, path: Path) -> None:
 
 
 def param_importance(study: optuna.Study) -> dict[str, float]:
-    """fANOVA importance of each searched parameter; empty when too few trials completed."""
+    """fANOVA importance of each searched parameter; empty below importance_min_trials completed trials."""
     completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     names = {k for t in completed for k in t.params}
-    if len(completed) < 2 or not names:
+    if not names or len(completed) < importance_min_trials(len(names)):
         return {}
     if len(names) == 1:
         return {next(iter(names)): 1.0}
