@@ -225,12 +225,14 @@ def test_two_sweep_workers_stop_at_exactly_the_cap(project):
 
 def test_sweep_workers_start_inside_the_stage_and_share_the_cap(project):
     raw = yaml.safe_load((project / "params.yaml").read_text())
-    raw["sweep"]["n_trials"], raw["sweep"]["workers"] = 4, 2
+    # control has a study of its own only when each arm tunes its own recipe
+    recipe = raw["sweep"].get("recipe", "shared")
+    raw["sweep"]["n_trials"], raw["sweep"]["workers"], raw["sweep"]["recipe"] = 4, 2, "per_arm"
     (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     try:
         log = run_ok([sys.executable, "pipeline/sweep.py", "--arm", "control"], project)
     finally:
-        raw["sweep"]["workers"] = 1
+        raw["sweep"]["workers"], raw["sweep"]["recipe"] = 1, recipe
         (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     assert "2 workers started" in log and "best trial" in log
     trials = study_trials(project, "control")
