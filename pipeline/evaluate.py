@@ -2,7 +2,9 @@
 
 Writes metrics/evaluation.json (accuracies and sizes: deterministic on CPU),
 metrics/throughput.json (timings: never byte-identical), metrics/token_cosine.json (class vs
-distillation token per layer) and metrics/test_predictions.csv.
+distillation token per layer), metrics/transfer.json (what the teacher has to give beyond the labels
+on the training views, and how much of it each arm took, on train and test) and
+metrics/test_predictions.csv.
 """
 
 import numpy as np
@@ -10,7 +12,7 @@ import numpy as np
 from distillery.core.cli import StageContext, main_for
 from distillery.core.files import atomic_path, read_json, write_json
 from distillery.data import SPLITS, load_prepared
-from distillery.evaluation.evaluate import evaluate_all, seed_models
+from distillery.evaluation.evaluate import evaluate_all, seed_models, teacher_signal
 from distillery.training.loop import resolve_device
 from distillery.training.machine import machine_info
 
@@ -28,6 +30,7 @@ def body(ctx: StageContext) -> str:
         "images_per_s_rounds": result.throughput, "rounds": p.evaluate.throughput_repeats,
         "machine": machine_info(device)})
     write_json(layout.metrics / "token_cosine.json", result.token_cosine)
+    write_json(layout.metrics / "transfer.json", {"teacher_signal": teacher_signal(layout, p, data), **result.transfer})
     with atomic_path(layout.metrics / "test_predictions.csv") as tmp:
         result.predictions.to_csv(tmp, index=False)
     parts = [f"{name} {m['test_acc']:.4f}" for name, m in result.metrics.items()]

@@ -191,8 +191,18 @@ def test_metrics_and_verdicts_are_real(repo):
         assert c["n_seeds"] == 3 and c["verdict"] and 0.0 <= c["p_holm"] <= 1.0
     best = json.loads((dest / "sweeps/soft/best.json").read_text())
     assert 0.1 <= best["hparams"]["alpha"] <= 0.9 and 1.0 <= best["hparams"]["tau"] <= 8.0
+    transfer = json.loads((dest / "metrics/transfer.json").read_text())
+    signal = transfer["teacher_signal"]
+    assert signal["arm"] == "soft" and signal["n"] > 0 and 0.0 <= signal["tv_to_target"] <= 1.0
+    assert 0.0 < signal["true_class_prob"] <= 1.0 and 0.0 <= signal["nontarget_entropy"] <= 1.0
+    assert transfer["reference"] == "none"
+    for split in ("train", "test"):
+        assert set(transfer["splits"][split]["arms"]) == set(ARMS)
+        own = transfer["splits"][split]["arms"]["none"]["transferable_right"]
+        assert own is None or own < 0.5  # the reference's own share on images it gets wrong in most seeds
     report = (dest / "reports/report.md").read_text()
-    for words in ("same recipe", "Holm", "identical for every arm", "control", "Machine:", "KL normalisation"):
+    for words in ("same recipe", "Holm", "identical for every arm", "control", "Machine:", "KL normalisation",
+                  "What the teacher passes on", "Transferable"):
         assert words in report, words
 
 

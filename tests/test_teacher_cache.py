@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from distillery.core.config import AugmentConfig, Params, TrainConfig
+from distillery.core.config import AugmentConfig, Params
 from distillery.core.files import Best
 from distillery.core.paths import Layout
 from distillery.training.augment import BatchAugment, Normalizer

@@ -12,7 +12,7 @@ from distillery.core.files import Best
 from distillery.reporting import report
 from distillery.reporting.inputs import ReportInputs
 from distillery.reporting.stats import Comparison
-from distillery.reporting.teacher_check import check_teacher, teacher_check_lines
+from distillery.reporting.teacher_check import check_teacher, labels_in_disguise, signal_lines, teacher_check_lines
 
 RATIO = 0.75
 
@@ -163,3 +163,38 @@ def test_effects_json_record():
     assert rec["weak"] is True and rec["student_arm"] == "none" and rec["threshold"] == RATIO
     assert rec["error_ratio"] == pytest.approx(0.852941, abs=1e-6)
     json.dumps(rec, allow_nan=False)
+
+
+# ---------------------------------------------------------------------------- labels in disguise
+SIGNAL = {"arm": "soft", "n": 1152, "tau": 4.4, "disagreement": 0.10, "true_class_prob": 0.86,
+          "label_true_class_prob": 0.91, "nontarget_entropy": 0.93, "kl_to_target": 0.004, "tv_to_target": 0.02}
+
+
+def test_each_distilled_arm_is_judged_on_what_it_receives():
+    # soft gets the softened output (TV 0.02 < 0.05); hard gets the argmax (disagrees 10% >= 5%)
+    assert labels_in_disguise(SIGNAL, ["none", "control", "soft", "hard"], 0.05) == ["soft"]
+    assert labels_in_disguise(SIGNAL, ["soft", "hard"], 0.2) == ["soft", "hard"]
+    assert labels_in_disguise(SIGNAL, ["soft"], 0.02) == []  # exactly at the threshold is a signal
+    assert labels_in_disguise(None, ["soft"], 0.05) == [] and signal_lines(None, ["soft"], 0.05) == []
+
+
+def test_the_report_names_labels_in_disguise_with_the_measured_numbers():
+    text = "\n".join(signal_lines(SIGNAL, ["none", "soft", "hard"], 0.05))
+    assert "**Labels in disguise** for `soft`:" in text and "`hard`" not in text.split("Labels in disguise")[1]
+    assert "disagrees with the label on 10.0%" in text and "gives the true class 0.86" in text
+    assert "2.0% of the mass (total variation, KL 0.004 nats)" in text
+
+
+def test_the_report_shows_what_each_arm_took_from_the_teacher():
+    arm = {"agreement": 0.9, "kl_from_teacher": 0.25, "n_transferable": 20.0, "transferable_right": 0.35,
+           "n_teacher_wrong": 9.0, "copies_teacher_errors": 0.2, "n_seeds": 3,
+           "agreement_by_class": [0.95] * 9 + [0.6]}
+    split = {"teacher_acc": 0.97, "arms": {a: arm for a in ("none", "control", "soft", "hard")}}
+    inputs = _inputs(0.975)
+    inputs.transfer = {"teacher_signal": SIGNAL, "reference": "none", "splits": {"train": split, "test": split}}
+    md = report.render_markdown(inputs, COMPS, [])
+    section = md.split("## What the teacher passes on")[1].split("\n## ")[0]
+    assert "| soft | 90.0 | 90.0 | 0.250 | 35.0 (20) | 35.0 (20) | 20.0 (9) |" in section
+    assert "Lowest test agreement by class: `9` (none 60.0, control 60.0, soft 60.0, hard 60.0)." in section
+    assert "**Labels in disguise** for `soft`" in section
+    assert "## What the teacher passes on" not in report.render_markdown(_inputs(0.975), COMPS, [])

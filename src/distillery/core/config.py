@@ -362,6 +362,7 @@ class ReportConfig(_Section):
     target_halfwidth: float = Field(1.0, gt=0.0)
     alpha: float = Field(0.05, gt=0.0, lt=0.5)
     weak_teacher_ratio: float = Field(0.75, gt=0.0, le=1.0)
+    min_teacher_signal: float = Field(0.05, ge=0.0, le=1.0)
 
 
 class TrackingConfig(_Section):

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..core.config import TrainConfig
+from ..core.arms import DISTILLED, REFERENCES, load_best
+from ..core.config import Params, TrainConfig
 from ..core.errors import ConfigError
 from ..core.paths import Layout
 from ..data import Prepared
@@ -18,6 +19,7 @@ from ..training.augment import Normalizer
 from ..training.inference import predict
 from ..training.loop import resolve_device
 from ..training.models import count_params
+from .transfer import agreement_by_class, consistent_errors, fidelity, label_signal, mean_over_seeds
 
 
 def accuracy_of(net: nn.Module, data: Prepared, split: str, train_cfg: TrainConfig) -> float:
@@ -28,16 +30,22 @@ def accuracy_of(net: nn.Module, data: Prepared, split: str, train_cfg: TrainConf
 
 def head_predictions(net: nn.Module, data: Prepared, split: str, train_cfg: TrainConfig) -> dict[str, np.ndarray]:
     """Predicted class per image for each head: cls, dist (distilled only) and avg (the inference rule)."""
+    return head_outputs(net, data, split, train_cfg)[0]
+
+
+def head_outputs(net: nn.Module, data: Prepared, split: str, train_cfg: TrainConfig
+                 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """head_predictions, and the logits of the inference rule (the heads' mean for a distilled ViT)."""
     device = resolve_device(train_cfg.device)
     net.to(device)
     z_c, z_d = predict(net, data.splits[split].x, Normalizer(data.mean, data.std, device, data.image_size), train_cfg.eval_batch_size, device)
     out = {"cls": z_c.argmax(1).numpy()}
-    if z_d is not None:
-        out["dist"] = z_d.argmax(1).numpy()
-        out["avg"] = ((z_c + z_d) / 2).argmax(1).numpy()
-    else:
+    if z_d is None:
         out["avg"] = out["cls"]
-    return out
+        return out, z_c.numpy()
+    z = (z_c + z_d) / 2
+    out["dist"], out["avg"] = z_d.argmax(1).numpy(), z.argmax(1).numpy()
+    return out, z.numpy()
 
 
 @torch.no_grad()
@@ -98,9 +106,9 @@ def model_summary(net: nn.Module, preds: dict[str, np.ndarray], labels: np.ndarr
 # ---------------------------------------------------------------- the evaluate stage's work
 class Evaluation:
     def __init__(self, metrics: dict[str, Any], throughput: dict[str, list[float]], predictions,
-                 token_cosine: dict[str, list[float]]):
+                 token_cosine: dict[str, list[float]], transfer: dict[str, Any]):
         self.metrics, self.throughput, self.predictions = metrics, throughput, predictions
-        self.token_cosine = token_cosine
+        self.token_cosine, self.transfer = token_cosine, transfer
 
 
 def seed_models(layout: Layout, arms: list[str], pilot: list[int], plan: dict[str, Any] | None
@@ -139,12 +147,17 @@ def evaluate_all(layout: Layout, models: dict[str, list[tuple[int, Path]]], data
     timed: dict[str, nn.Module] = {}  # one model per arm (its first seed): timed together at the end
     teacher_pred = None
     cosine: dict[str, list[float]] = {}
-    for name, entries in _checkpoints(layout, models).items():
+    found = _checkpoints(layout, models)
+    logits: dict[str, dict[str, list[np.ndarray]]] = {}  # model -> split -> per seed: what transfer_of needs
+    for name, entries in found.items():
         per_seed = {}
         per_seed_cosine = []
         for seed, path in entries:
             net, _, _ = load_model(path, expect_classes=data.num_classes, expect_chans=data.channels)
-            preds = head_predictions(net, data, "test", train_cfg)
+            preds, z_test = head_outputs(net, data, "test", train_cfg)
+            if "teacher" in found:
+                logits.setdefault(name, {}).setdefault("test", []).append(z_test)
+                logits[name].setdefault("train", []).append(head_outputs(net, data, "train", train_cfg)[1])
             summary = model_summary(net, preds, labels)
             if name == "teacher":
                 teacher_pred = preds["avg"]
@@ -163,7 +176,34 @@ def evaluate_all(layout: Layout, models: dict[str, list[tuple[int, Path]]], data
         metrics[name] = _aggregate(per_seed)
         if per_seed_cosine:
             cosine[name] = np.mean(per_seed_cosine, axis=0).tolist()
-    return Evaluation(metrics, throughput(timed, data, train_cfg, repeats), pd.DataFrame(columns), cosine)
+    return Evaluation(metrics, throughput(timed, data, train_cfg, repeats), pd.DataFrame(columns), cosine,
+                      transfer_of(logits, data))
+
+
+def transfer_of(logits: dict[str, dict[str, list[np.ndarray]]], data: Prepared) -> dict[str, Any]:
+    """Per arm and split: fidelity to the teacher (transfer.fidelity, mean over seeds) and agreement per
+    class. The transferable images are those the teacher gets right and the reference arm (`none`, else
+    `control`) gets wrong in most seeds. Empty without a teacher."""
+    if "teacher" not in logits:
+        return {}
+    reference = next((r for r in REFERENCES if r in logits), None)
+    out: dict[str, Any] = {"reference": reference, "splits": {}}
+    for split in ("train", "test"):
+        labels = data.splits[split].y
+        z_t = logits["teacher"][split][0]
+        wrong = (consistent_errors([z.argmax(1) for z in logits[reference][split]], labels) if reference
+                 else np.zeros(len(labels), dtype=bool))
+        arms = {}
+        for arm, by_split in logits.items():
+            if arm == "teacher":
+                continue
+            rows = [fidelity(z, z_t, labels, wrong) for z in by_split[split]]
+            by_class = np.array([agreement_by_class(z, z_t, labels, data.num_classes) for z in by_split[split]],
+                                dtype=np.float64)
+            arms[arm] = {**mean_over_seeds(rows), "n_seeds": len(rows),
+                         "agreement_by_class": [None if np.isnan(v) else float(v) for v in by_class.mean(axis=0)]}
+        out["splits"][split] = {"teacher_acc": float((z_t.argmax(1) == labels).mean()), "arms": arms}
+    return out
 
 
 def _aggregate(per_seed: dict[int | None, dict[str, Any]]) -> dict[str, Any]:
@@ -180,3 +220,20 @@ def _aggregate(per_seed: dict[int | None, dict[str, Any]]) -> dict[str, Any]:
     if len(per_seed) > 1 or None not in per_seed:
         out["per_seed"] = {str(k): {kk: vv for kk, vv in v.items() if kk != "num_params"} for k, v in per_seed.items()}
     return out
+
+
+def teacher_signal(layout: Layout, params: Params, data: Prepared) -> dict[str, Any] | None:
+    """transfer.label_signal on one epoch of the first pilot seed's training views, at the recipe the
+    distilled arms trained with and the soft arm's τ (1 without it). None without a distilled arm."""
+    from ..training.models import load_model
+    from .training_views import teacher_on_views
+
+    distilled = [a for a in params.arms.all if a in DISTILLED]
+    if not distilled or not layout.teacher_model.exists():
+        return None
+    arm = "soft" if "soft" in distilled else distilled[0]
+    hparams = load_best(layout, params, arm).hparams
+    teacher, _, _ = load_model(layout.teacher_model, expect_classes=data.num_classes, expect_chans=data.channels)
+    z_t, target = teacher_on_views(teacher, data, params.augment, params.train, hparams["mixing"],
+                                   view_seed=params.final.seeds[0])
+    return {"arm": arm, **label_signal(z_t, target, hparams.get("tau", 1.0)).as_dict()}

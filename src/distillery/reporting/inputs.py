@@ -32,6 +32,7 @@ class ReportInputs:
     importance: dict[str, dict[str, float]]
     finals: dict[str, dict[str, Any]]  # the pilot's and the extra seeds' per_seed merged
     seed_plan: dict[str, Any] | None = None
+    transfer: dict[str, Any] | None = None  # metrics/transfer.json: the teacher's signal and each arm's fidelity
 
     def seeds_of(self, arm: str) -> list[int]:
         """The seeds an arm was evaluated with (pilot and extra)."""
@@ -66,6 +67,7 @@ def load_inputs(layout: Layout, params: Params) -> ReportInputs:
         histories[arm] |= {s: read_history_csv(layout.history_file(arm, s, True)) for s in extra[arm]}
     skipped = layout.prepared / "skipped.json"
     cosine = layout.metrics / "token_cosine.json"
+    transfer = layout.metrics / "transfer.json"
     return ReportInputs(
         params=params, arms=arms,
         data_summary=read_json(layout.metrics / "data.json"),
@@ -82,6 +84,7 @@ def load_inputs(layout: Layout, params: Params) -> ReportInputs:
         importance={arm: read_json(p) for arm in arms if (p := layout.sweep_dir(arm) / "importance.json").exists()},
         finals={arm: _merged_finals(layout, arm) for arm in arms},
         seed_plan=plan,
+        transfer=read_json(transfer) if transfer.exists() else None,
     )
 
 

@@ -22,7 +22,8 @@ from .inputs import ReportInputs, load_inputs
 from .precision import precision_lines, precision_of
 from .seed_plan import comparison_pairs
 from .stats import Comparison, compare_arms
-from .teacher_check import TeacherCheck, check_teacher, teacher_check_lines
+from .teacher_check import TeacherCheck, check_teacher, labels_in_disguise, signal_lines, teacher_check_lines
+from .transfer_lines import transfer_lines
 
 FIGURES = {
     "effects.png": (None, "Each distilled arm minus each reference on the test split: Δ with its simultaneous CI; "
@@ -160,7 +161,8 @@ def render_markdown(inputs: ReportInputs, comps: list[Comparison], figs: list[st
                   f"{len(comps)} comparisons the family-wise error is held at α = {p.report.alpha:g}: the intervals are "
                   f"simultaneous (Bonferroni, each at 1 − α/{len(comps)}), so the verdicts hold together, and the "
                   f"p-values of Δ = 0 are Holm-adjusted. Declared before the run: an effect "
-                  f"matters if it exceeds **{p.report.min_effect:g} points** (`report.min_effect`).", "",
+                  f"matters if it exceeds **{p.report.min_effect:g} point{'' if p.report.min_effect == 1 else 's'}** "
+                  "(`report.min_effect`).", "",
                   "| comparison | n | Δ (points) | simultaneous CI | CI level | Holm p | verdict |",
                   "| --- | ---: | ---: | --- | ---: | ---: | --- |"]
         for k in comps:
@@ -187,12 +189,14 @@ def render_markdown(inputs: ReportInputs, comps: list[Comparison], figs: list[st
                      f"{_pct_std(m, 'test_acc_dist')} | {_pct_std(m, 'test_acc_avg')} | "
                      f"{_pct(m.get('teacher_agreement'))} | {inputs.throughput['images_per_s'].get(name, float('nan')):,.0f} |")
     lines += ["", _throughput_note(inputs.throughput)]
+    lines += ["", *_teacher_passes_on(inputs)]
     # ------------------------------------------------------------------ budget and recipes
     studied = [arm for arm in inputs.arms if has_study(p, arm)]
+    unstudied = [arm for arm in inputs.arms if arm not in studied]
     lines += ["", "## Tuning budget (identical for every arm)", "",
               f"{budget['n_trials']} trials per study ({', '.join(studied)}"
-              + (f"; {', '.join(a for a in inputs.arms if a not in studied)} train at {p.sweep.recipe_arm}'s recipe "
-                 "with nothing of their own to search" if len(studied) < len(inputs.arms) else "") + "), each trained for the full {budget['epochs_per_trial']} epochs "
+              + (f"; {', '.join(unstudied)} train{'s' if len(unstudied) == 1 else ''} at {p.sweep.recipe_arm}'s recipe "
+                 "with nothing of its own to search" if unstudied else "") + f"), each trained for the full {budget['epochs_per_trial']} epochs "
               f"of the final runs ({budget['warmup_epochs']} warm-up, cosine) unless pruned; pruner "
               f"`{budget['pruner']}` (reduction factor {budget['reduction_factor']}), never before warm-up ends; "
               f"TPE sampler seeded with {budget['sampler_seed']}, {budget['startup_trials']} random start-up trials; "
@@ -245,6 +249,14 @@ def render_markdown(inputs: ReportInputs, comps: list[Comparison], figs: list[st
     return "\n".join(lines) + "\n"
 
 
+def _teacher_passes_on(inputs: ReportInputs) -> list[str]:
+    """The teacher's signal beyond the labels and each arm's fidelity: measured before a null is explained."""
+    t = inputs.transfer or {}
+    body = [*signal_lines(t.get("teacher_signal"), inputs.arms, inputs.params.report.min_teacher_signal),
+            *transfer_lines(t, inputs.classes, inputs.arms)]
+    return ["## What the teacher passes on", "", *body] if body else []
+
+
 def build_report(layout: Layout, params: Params) -> Path:
     inputs = load_inputs(layout, params)
     out = layout.reports
@@ -265,6 +277,9 @@ def build_report(layout: Layout, params: Params) -> Path:
         "comparisons": {f"{k.arm}-{k.reference}": {**k.as_dict(), "precision": precision.get(f"{k.arm} − {k.reference}")}
                         for k in comps},
         "teacher_check": check.as_dict() if (check := teacher_check_of(inputs)) is not None else None,
+        "teacher_signal": (inputs.transfer or {}).get("teacher_signal"),
+        "labels_in_disguise": labels_in_disguise((inputs.transfer or {}).get("teacher_signal"), inputs.arms,
+                                                 params.report.min_teacher_signal),
         "arms": {arm: {"test_acc": inputs.evaluation[arm]["test_acc"], "hparams": inputs.best[arm].hparams}
                  for arm in inputs.arms},
     })

@@ -129,3 +129,39 @@ def teacher_check_lines(check: TeacherCheck | None) -> list[str]:
                 "rarely helps; a stronger teacher (more epochs, a larger model, `teacher.pretrained` weights) is "
                 "the first thing to try.")
     return [text + stand_in, ""]
+
+
+# ---------------------------------------------------------------- what the teacher has to give beyond the labels
+def signal_of(signal: Mapping | None, arm: str) -> float | None:
+    """The share of the training target's mass the teacher moves off the label, as `arm` receives it:
+    the soft arm's τ-softened output (total variation), the hard arm's argmax (how often it is not the
+    label). None without a measured signal."""
+    if not signal:
+        return None
+    return float(signal["tv_to_target"] if arm == "soft" else signal["disagreement"])
+
+
+def labels_in_disguise(signal: Mapping | None, arms: list[str], threshold: float) -> list[str]:
+    """The distilled arms whose teacher targets sit within `threshold` of the labels they also train on."""
+    return [a for a in arms if a in DISTILLED and (s := signal_of(signal, a)) is not None and s < threshold]
+
+
+def signal_lines(signal: Mapping | None, arms: list[str], threshold: float) -> list[str]:
+    """The report's paragraph on what the teacher has to give, with the labels-in-disguise verdict."""
+    if not signal:
+        return []
+    kl = f", KL {signal['kl_to_target']:.3f} nats" if signal.get("kl_to_target") is not None else ""
+    text = (f"On one epoch of the students' training views ({signal['n']} views, the recipe `{signal['arm']}` "
+            f"trained with) the teacher disagrees with the label on {100 * signal['disagreement']:.1f}% of them and "
+            f"gives the true class {signal['true_class_prob']:.2f} on average (the training target gives "
+            f"{signal['label_true_class_prob']:.2f}); the rest of its mass is spread with a normalised entropy of "
+            f"{signal['nontarget_entropy']:.2f} (1: uniform, no ranking of the wrong classes). At τ = "
+            f"{signal['tau']:.2g} its softened output is {100 * signal['tv_to_target']:.1f}% of the mass (total "
+            f"variation{kl}) away from the equally softened training target.")
+    disguised = labels_in_disguise(signal, arms, threshold)
+    if disguised:
+        text += (f" **Labels in disguise** for {', '.join(f'`{a}`' for a in disguised)}: its targets move less than "
+                 f"{100 * threshold:g}% of the mass off the label (`report.min_teacher_signal`), so the distillation "
+                 "token is trained on the labels again; a null there says nothing about distillation. A teacher "
+                 "trained without label smoothing or mixing, scored on views it did not train on, has more to give.")
+    return ["### What the teacher has to give", "", text, ""]

@@ -253,7 +253,7 @@ def _set_up(members: list[Member], data: Prepared, teacher: nn.Module | None, ra
     _check_group(members, ranks, fused)
     device = _place([m.net for m in members], teacher, lead, ranks, desc)
     train = data.splits["train"]
-    batch_size = _batch_size(len(train.y), max(m.recipe.mixing for m in members), ranks, desc, lead.train.batch_size)
+    batch_size = group_batch_size(len(train.y), max(m.recipe.mixing for m in members), ranks, desc, lead.train.batch_size)
     normalizer = Normalizer(data.mean, data.std, device, data.image_size)
     images = batch_source(train.x, device, lead.train, desc)
     y_train = torch.as_tensor(train.y).to(device)
@@ -336,7 +336,7 @@ def _place(nets: list[nn.Module], teacher: nn.Module | None, recipe: Recipe, ran
     return device
 
 
-def _batch_size(n: int, mixing: float, ranks: Ranks, desc: str, wanted: int) -> int:
+def group_batch_size(n: int, mixing: float, ranks: Ranks, desc: str, wanted: int) -> int:
     """The batch every member of a group uses; `mixing`: the largest Mixup/CutMix alpha among them."""
     batch_size = min(wanted, n)
     if mixing > 0 and batch_size == n and n % 2:
