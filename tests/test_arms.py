@@ -156,3 +156,12 @@ def test_final_seeds_vary_initialisation_and_data_order():
     a, b = final_run(PARAMS, "soft", data, best, seed=1), final_run(PARAMS, "soft", data, best, seed=2)
     assert a.recipe.seed != b.recipe.seed  # data order and augmentation draw from the recipe seed
     assert a.seed != b.seed  # initialisation: spec.build(seed)
+
+
+def test_the_teacher_trains_with_its_own_label_smoothing():
+    from distillery.training.plan import teacher_run
+
+    params = parse_params({"teacher": {"label_smoothing": 0.0, "epochs": 1}, "train": {"label_smoothing": 0.2}})
+    _, run = teacher_run(params, toy_data(classes=3))
+    assert run.recipe.train.label_smoothing == 0.0 and params.train.label_smoothing == 0.2
+    assert run.recipe.train.model_copy(update={"label_smoothing": 0.2}) == params.train  # nothing else moved

@@ -125,6 +125,7 @@ class TeacherConfig(_Section):
     lr: float = Field(2e-3, gt=0.0)
     weight_decay: float = Field(0.01, ge=0.0)
     mixing: float = Field(0.8, ge=0.0)
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)  # the teacher's own, apart from train.label_smoothing
 
 
 class StudentConfig(_Section):

@@ -85,7 +85,8 @@ def final_run(params: Params, arm: str, data: Prepared, best: Best, seed: int) -
 def teacher_run(params: Params, data: Prepared) -> tuple[nn.Module, RunPlan]:
     t = params.teacher
     net, spec = build_teacher(t.model, data.channels, data.num_classes, t.pretrained, params.seed)
-    recipe = Recipe(epochs=t.epochs, lr=t.lr, weight_decay=t.weight_decay, mixing=t.mixing, train=params.train,
+    train = params.train.model_copy(update={"label_smoothing": t.label_smoothing})
+    recipe = Recipe(epochs=t.epochs, lr=t.lr, weight_decay=t.weight_decay, mixing=t.mixing, train=train,
                     augment=params.augment, loss=DistillLoss("none"), seed=params.seed, view_seed=params.seed)
     hparams = {"lr": t.lr, "weight_decay": t.weight_decay, "mixing": t.mixing}
     return net, RunPlan("teacher", "teacher", params.seed, spec, recipe, hparams)
