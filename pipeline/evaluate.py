@@ -10,7 +10,7 @@ metrics/test_predictions.csv.
 import numpy as np
 
 from distillery.core.cli import StageContext, main_for
-from distillery.core.files import atomic_path, read_json, write_json
+from distillery.core.files import atomic_path, write_json
 from distillery.data import SPLITS, load_prepared
 from distillery.evaluation.evaluate import evaluate_all, seed_models, teacher_signal
 from distillery.training.loop import resolve_device
@@ -20,8 +20,7 @@ from distillery.training.machine import machine_info
 def body(ctx: StageContext) -> str:
     p, layout = ctx.params, ctx.layout
     data = load_prepared(layout.prepared, splits=SPLITS)
-    plan = read_json(layout.seed_plan) if layout.seed_plan.exists() else None
-    models = seed_models(layout, p.arms.all, p.final.seeds, plan)
+    models = seed_models(layout, p.arms.all, p.final.seeds)
     result = evaluate_all(layout, models, data, p.train, p.evaluate.throughput_repeats)
     write_json(layout.metrics / "evaluation.json", result.metrics)
     device = resolve_device(p.train.device)

@@ -32,3 +32,12 @@ def test_the_temporary_is_hidden_and_names_the_writer(tmp_path):
         assert tmp.parent == tmp_path and tmp.name.startswith(".model.pt.") and str(os.getpid()) in tmp.name
         tmp.write_bytes(b"x")
     assert (tmp_path / "model.pt").read_bytes() == b"x"
+
+
+def test_planned_extra_seeds_before_and_after_the_plan(tmp_path):
+    from distillery.core.files import planned_extra_seeds
+
+    plan = tmp_path / "seed_plan.json"
+    assert planned_extra_seeds(plan, ["none", "soft"]) == {"none": [], "soft": []}
+    plan.write_text('{"arms": {"none": {"seeds": 5, "extra_seeds": [4, 5]}}}')
+    assert planned_extra_seeds(plan, ["none", "soft"]) == {"none": [4, 5], "soft": []}

@@ -49,11 +49,11 @@ def test_paired_differences_match_seeds():
 
 
 @pytest.mark.parametrize("low, high, expected", [
-    (1.5, 3.0, "helped by more than 1 points"),
-    (0.5, 3.0, "helped (gain may be under 1 points)"),
-    (-3.0, -1.5, "hurt by more than 1 points"),
-    (-3.0, -0.5, "hurt (loss may be under 1 points)"),
-    (-0.8, 0.9, "no effect larger than 1 points"),
+    (1.5, 3.0, "helped by more than 1 point"),
+    (0.5, 3.0, "helped (gain may be under 1 point)"),
+    (-3.0, -1.5, "hurt by more than 1 point"),
+    (-3.0, -0.5, "hurt (loss may be under 1 point)"),
+    (-0.8, 0.9, "no effect larger than 1 point"),
     (-0.5, 2.0, "inconclusive"),
     (-math.inf, math.inf, "needs ≥ 2 seeds"),
 ])
@@ -111,9 +111,9 @@ def test_compare_arms_end_to_end():
     assert [(c.arm, c.reference) for c in comps] == [("soft", "none"), ("hard", "none")]
     soft, hard = comps
     assert soft.diff == pytest.approx(3.0) and soft.n_seeds == 5
-    assert soft.verdict == "helped by more than 1 points" and soft.p_holm < 0.05
+    assert soft.verdict == "helped by more than 1 point" and soft.p_holm < 0.05
     assert soft.level == hard.level == pytest.approx(1 - 0.05 / 2)  # m = 2, not 4
-    assert hard.verdict == "no effect larger than 1 points"
+    assert hard.verdict == "no effect larger than 1 point"
     assert soft.low < soft.diff < soft.high and soft.p_holm == pytest.approx(2 * soft.p_value)
 
     acc["control"] = {s: v - 0.002 for s, v in none.items()}
@@ -136,3 +136,8 @@ def test_expected_best_by_hand():
     assert mean == pytest.approx(22 / 9) and sd == pytest.approx(math.sqrt(58 / 9 - (22 / 9) ** 2))
     assert expected_best(values, 200)[0] == pytest.approx(3.0)  # many draws: the best one, surely
     assert expected_best(np.array([0.5] * 4), 3) == (0.5, 0.0)
+
+
+def test_verdicts_say_point_or_points():
+    assert verdict_for(2.5, 3.0, 2.0) == "helped by more than 2 points"
+    assert verdict_for(0.2, 0.9, 0.5) == "helped (gain may be under 0.5 points)"

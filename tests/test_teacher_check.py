@@ -170,19 +170,22 @@ SIGNAL = {"arm": "soft", "n": 1152, "tau": 4.4, "disagreement": 0.10, "true_clas
           "label_true_class_prob": 0.91, "nontarget_entropy": 0.93, "kl_to_target": 0.004, "tv_to_target": 0.02}
 
 
-def test_each_distilled_arm_is_judged_on_what_it_receives():
-    # soft gets the softened output (TV 0.02 < 0.05); hard gets the argmax (disagrees 10% >= 5%)
-    assert labels_in_disguise(SIGNAL, ["none", "control", "soft", "hard"], 0.05) == ["soft"]
-    assert labels_in_disguise(SIGNAL, ["soft", "hard"], 0.2) == ["soft", "hard"]
-    assert labels_in_disguise(SIGNAL, ["soft"], 0.02) == []  # exactly at the threshold is a signal
-    assert labels_in_disguise(None, ["soft"], 0.05) == [] and signal_lines(None, ["soft"], 0.05) == []
+def test_only_the_hard_arm_is_judged_on_the_signal_alone():
+    # hard gets the argmax: disagreeing on 10% of views is a signal at 0.05, not at 0.2
+    assert labels_in_disguise(SIGNAL, ["none", "control", "soft", "hard"], 0.05) == []
+    assert labels_in_disguise(SIGNAL, ["soft", "hard"], 0.2) == ["hard"]
+    assert labels_in_disguise(SIGNAL, ["soft", "hard"], 0.10) == []  # exactly at the threshold is a signal
+    # soft is never called labels in disguise from a distance at its τ (TV 0.02 here)
+    assert labels_in_disguise(SIGNAL, ["soft"], 0.5) == []
+    assert labels_in_disguise(None, ["hard"], 0.05) == [] and signal_lines(None, ["hard"], 0.05) == []
 
 
 def test_the_report_names_labels_in_disguise_with_the_measured_numbers():
-    text = "\n".join(signal_lines(SIGNAL, ["none", "soft", "hard"], 0.05))
-    assert "**Labels in disguise** for `soft`:" in text and "`hard`" not in text.split("Labels in disguise")[1]
-    assert "disagrees with the label on 10.0%" in text and "gives the true class 0.86" in text
+    text = "\n".join(signal_lines({**SIGNAL, "disagreement": 0.01}, ["none", "soft", "hard"], 0.05))
+    assert "**Labels in disguise** for `hard`: the teacher's argmax is the label on 99.0% of the views" in text
+    assert "disagrees with the label on 1.0%" in text and "gives the true class 0.86" in text
     assert "2.0% of the mass (total variation, KL 0.004 nats)" in text
+    assert "Labels in disguise" not in "\n".join(signal_lines(SIGNAL, ["none", "soft", "hard"], 0.05))
 
 
 def test_the_report_shows_what_each_arm_took_from_the_teacher():
@@ -196,5 +199,5 @@ def test_the_report_shows_what_each_arm_took_from_the_teacher():
     section = md.split("## What the teacher passes on")[1].split("\n## ")[0]
     assert "| soft | 90.0 | 90.0 | 0.250 | 35.0 (20) | 35.0 (20) | 20.0 (9) |" in section
     assert "Lowest test agreement by class: `9` (none 60.0, control 60.0, soft 60.0, hard 60.0)." in section
-    assert "**Labels in disguise** for `soft`" in section
+    assert "**Labels in disguise**" not in section  # the hard arm's teacher disagrees on 10% of views
     assert "## What the teacher passes on" not in report.render_markdown(_inputs(0.975), COMPS, [])

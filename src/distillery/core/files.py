@@ -74,6 +74,13 @@ def objective_of(history: list[dict[str, Any]], last: int) -> float:
     return sum(tail) / len(tail)
 
 
+def planned_extra_seeds(seed_plan: Path, arms: list[str]) -> dict[str, list[int]]:
+    """The seeds metrics/seed_plan.json adds to each arm after the pilot (none before the plan has run):
+    the one reader every stage that needs an arm's full seed list goes through."""
+    plan = read_json(seed_plan) if seed_plan.exists() else {}
+    return {arm: [int(s) for s in plan.get("arms", {}).get(arm, {}).get("extra_seeds", [])] for arm in arms}
+
+
 class Best(BaseModel):
     """sweeps/<arm>/best.json: the winning trial of an arm's study."""
 

@@ -13,6 +13,7 @@ import torch.nn as nn
 from ..core.arms import DISTILLED, REFERENCES, load_best
 from ..core.config import Params, TrainConfig
 from ..core.errors import ConfigError
+from ..core.files import planned_extra_seeds
 from ..core.paths import Layout
 from ..data import Prepared
 from ..training.augment import Normalizer
@@ -111,14 +112,11 @@ class Evaluation:
         self.token_cosine, self.transfer = token_cosine, transfer
 
 
-def seed_models(layout: Layout, arms: list[str], pilot: list[int], plan: dict[str, Any] | None
-                ) -> dict[str, list[tuple[int, Path]]]:
+def seed_models(layout: Layout, arms: list[str], pilot: list[int]) -> dict[str, list[tuple[int, Path]]]:
     """Every arm's models: the pilot seeds, then the seeds the seed plan added (models/extra/<arm>)."""
-    out = {}
-    for arm in arms:
-        extra = plan["arms"][arm]["extra_seeds"] if plan and arm in plan["arms"] else []
-        out[arm] = [(s, layout.model(arm, s)) for s in pilot] + [(s, layout.model(arm, s, True)) for s in extra]
-    return out
+    extra = planned_extra_seeds(layout.seed_plan, arms)
+    return {arm: [(s, layout.model(arm, s)) for s in pilot] + [(s, layout.model(arm, s, True)) for s in extra[arm]]
+            for arm in arms}
 
 
 def _checkpoints(layout: Layout, models: dict[str, list[tuple[int, Path]]]) -> dict[str, list[tuple[int | None, Path]]]:

@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..core.config import Params
 from ..core.arms import load_best
-from ..core.files import Best, read_history_csv, read_json
+from ..core.files import Best, planned_extra_seeds, read_history_csv, read_json
 from ..core.paths import Layout
 
 
@@ -61,7 +61,7 @@ def load_inputs(layout: Layout, params: Params) -> ReportInputs:
     if (layout.history / "teacher.csv").exists():
         histories["teacher"] = {params.seed: read_history_csv(layout.history / "teacher.csv")}
     plan = read_json(layout.seed_plan) if layout.seed_plan.exists() else None
-    extra = {arm: plan["arms"][arm]["extra_seeds"] if plan and arm in plan["arms"] else [] for arm in arms}
+    extra = planned_extra_seeds(layout.seed_plan, arms)
     for arm in arms:
         histories[arm] = {s: read_history_csv(layout.history_file(arm, s)) for s in params.final.seeds}
         histories[arm] |= {s: read_history_csv(layout.history_file(arm, s, True)) for s in extra[arm]}

@@ -105,22 +105,23 @@ def simultaneous_level(m: int, alpha: float = 0.05) -> float:
 
 def verdict_for(low: float, high: float, min_effect: float) -> str:
     δ = min_effect
+    pts = f"{δ:g} point{'' if δ == 1 else 's'}"
     if not (math.isfinite(low) and math.isfinite(high)):  # first: ±inf would otherwise read "inconclusive"
         return "needs ≥ 2 seeds"
     if low > δ:
-        return f"helped by more than {δ:g} points"
+        return f"helped by more than {pts}"
     if 0 < low and high < δ:
-        return f"helped, by less than {δ:g} points"
+        return f"helped, by less than {pts}"
     if 0 < low:
-        return f"helped (gain may be under {δ:g} points)"
+        return f"helped (gain may be under {pts})"
     if high < -δ:
-        return f"hurt by more than {δ:g} points"
+        return f"hurt by more than {pts}"
     if high < 0 and -δ < low:
-        return f"hurt, by less than {δ:g} points"
+        return f"hurt, by less than {pts}"
     if high < 0:
-        return f"hurt (loss may be under {δ:g} points)"
+        return f"hurt (loss may be under {pts})"
     if -δ <= low and high <= δ:
-        return f"no effect larger than {δ:g} points"
+        return f"no effect larger than {pts}"
     return "inconclusive"
 
 
