@@ -51,7 +51,7 @@ def body(ctx: StageContext) -> str:
     fingerprint = {  # n_trials is left out: it is a stopping rule, raising it continues the same study
         "arm": arm.name, "budget": {k: v for k, v in budget.items() if k != "n_trials"},
         "space": {k: v.model_dump() for k, v in space.items()},
-        "kl_reduction": p.distill.soft.kl_reduction if arm.name == "soft" else None,
+        "kl_reduction": p.distill.soft.kl_reduction if arm.name in ("soft", "fake") else None,
         "student": p.student.model_dump(), "train": p.train.identity(), "augment": p.augment.model_dump(),
         "teacher": identity[1], "data": identity[0],
     }

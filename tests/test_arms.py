@@ -5,6 +5,7 @@ from test_train import toy_data
 
 from distillery.core.arms import ARMS, has_study, is_fixed, load_best, search_space, study_budget
 from distillery.core.config import parse_params
+from distillery.reporting.seed_plan import comparison_pairs
 from distillery.core.files import Best
 from distillery.training.plan import final_run, trial_run
 from distillery.tuning.studies import open_arm_study
@@ -45,7 +46,7 @@ def test_same_recipe_the_other_arms_search_only_their_own_knobs_at_the_recipe_ar
     assert searched == {"alpha", "tau"}
     assert {k: soft[k].choices[0] if k == "mixing" else soft[k].low for k in recipe} == recipe
     assert {k for k, v in search_space(PARAMS, "hard", recipe).items() if not is_fixed(v)} == {"alpha"}
-    assert {has_study(PARAMS, a) for a in ("none", "soft", "hard")} == {True} and not has_study(PARAMS, "control")
+    assert {has_study(PARAMS, a) for a in ("none", "soft", "hard", "fake")} == {True} and not has_study(PARAMS, "control")
 
 
 def _best(arm, hparams, **kw):
@@ -144,7 +145,7 @@ def test_a_trial_trains_exactly_the_final_schedule(arm):
 def test_only_distilled_arms_use_the_teacher():
     data = toy_data(size=8)
     uses = {arm: trial_run(PARAMS, arm, data, HP, 0).uses_teacher for arm in ARMS}
-    assert uses == {"none": False, "control": False, "soft": True, "hard": True}
+    assert uses == {"none": False, "control": False, "soft": True, "hard": True, "fake": False}
     assert trial_run(PARAMS, "control", data, HP, 0).spec.name == PARAMS.student.model  # two tokens
     assert trial_run(PARAMS, "none", data, HP, 0).spec.name == PARAMS.student.baseline_model
 
@@ -165,3 +166,16 @@ def test_the_teacher_trains_with_its_own_label_smoothing():
     _, run = teacher_run(params, toy_data(classes=3))
     assert run.recipe.train.label_smoothing == 0.0 and params.train.label_smoothing == 0.2
     assert run.recipe.train.model_copy(update={"label_smoothing": 0.2}) == params.train  # nothing else moved
+
+
+def test_the_fake_arm_is_soft_s_study_and_loss_with_the_labels_as_teacher():
+    recipe = {k: HP[k] for k in ("lr", "weight_decay", "mixing", "drop_path")}
+    fake, soft = search_space(PARAMS, "fake", recipe), search_space(PARAMS, "soft", recipe)
+    assert fake == soft  # same knobs and ranges, so the null gets the same tuning as the arm it is the null of
+    run = trial_run(PARAMS, "fake", toy_data(size=8), HP, 0)
+    loss = run.recipe.loss
+    assert (loss.kind, loss.alpha, loss.tau, loss.kl_reduction) == ("fake", 0.5, 2.0, PARAMS.distill.soft.kl_reduction)
+    assert run.spec.name == PARAMS.student.model and not run.uses_teacher
+    assert ARMS["fake"].stage("sweep") == "sweep_kd@fake" and ARMS["control"].stage("final") == "final@control"
+    assert comparison_pairs(PARAMS.arms.all)[-1] == ("soft", "fake")
+    assert ("hard", "fake") not in comparison_pairs(PARAMS.arms.all)

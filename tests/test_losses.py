@@ -152,3 +152,21 @@ def test_batchmean_losses_agree_with_timms_token_distillation_task(kind, alpha, 
     theirs = task(torch.zeros(6, 3, 4, 4), y)["loss"]
     ours = DistillLoss(kind, alpha=alpha, tau=tau, kl_reduction="batchmean")((z_c, z_d), y, z_t)["loss"]
     torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.4, 1.0])
+def test_fake_teacher_is_soft_distillation_from_the_labels(alpha):
+    # a (mixed or smoothed) label distribution [1/4, 1/2, 1/4] as the target: the fake teacher's softmax is
+    # that distribution, so its term is soft's with Z_T: KL = ln2/4 at τ = 1
+    target = torch.tensor([[0.25, 0.5, 0.25]], dtype=torch.float64)
+    ce = -(0.25 * math.log(1 / 6) + 0.5 * math.log(2 / 6) + 0.25 * math.log(3 / 6))
+    parts = DistillLoss("fake", alpha=alpha, tau=1.0)((Z_C, Z_D), target)
+    assert parts["distill"].item() == pytest.approx(LN2 / 4)
+    assert parts["loss"].item() == pytest.approx((1 - alpha) * ce + alpha * LN2 / 4)
+    assert not DistillLoss("fake").needs_teacher
+
+
+def test_fake_teacher_on_an_unsmoothed_label_is_the_cross_entropy():
+    # one-hot on class 2: KL(onehot ‖ p_d) = −ln p_d[2] = ln 2 (the floored log(0) adds < 1e-6)
+    parts = DistillLoss("fake", alpha=1.0, tau=1.0)((Z_C, Z_D), smoothed_one_hot(Y, 3, 0.0).double())
+    assert parts["distill"].item() == pytest.approx(LN2, abs=1e-6)

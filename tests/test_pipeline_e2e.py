@@ -19,10 +19,10 @@ from conftest import ROOT, copy_project, project_env, run_ok, running_runs
 
 pytestmark = pytest.mark.slow
 
-ARMS = ("none", "control", "soft", "hard")
-STAGES = ("prepare", "teacher", "sweep@none", "sweep@control", "sweep_kd@soft", "sweep_kd@hard", "final@none",
-          "final@control", "final_kd@soft", "final_kd@hard", "seed_plan", "extra@none", "extra@control",
-          "extra_kd@soft", "extra_kd@hard", "evaluate", "report")
+ARMS = ("none", "control", "soft", "hard", "fake")
+STAGES = ("prepare", "teacher", "sweep@none", "sweep@control", "sweep_kd@soft", "sweep_kd@hard", "sweep_kd@fake",
+          "final@none", "final@control", "final_kd@soft", "final_kd@hard", "final_kd@fake", "seed_plan", "extra@none",
+          "extra@control", "extra_kd@soft", "extra_kd@hard", "extra_kd@fake", "evaluate", "report")
 TINY = {
     "teacher.epochs": 3,
     "student.epochs": 3,
@@ -186,7 +186,7 @@ def test_metrics_and_verdicts_are_real(repo):
             assert 0.0 <= ev[arm][f"test_acc_{head}"] <= 1.0 and f"test_acc_{head}_std" in ev[arm]
         assert ev[arm]["n_seeds"] == 3  # the pilot's two and the one the plan added
     effects = json.loads((dest / "reports/effects.json").read_text())
-    assert set(effects["comparisons"]) == {"soft-none", "soft-control", "hard-none", "hard-control"}
+    assert set(effects["comparisons"]) == {"soft-none", "soft-control", "hard-none", "hard-control", "soft-fake"}
     for c in effects["comparisons"].values():
         assert c["n_seeds"] == 3 and c["verdict"] and 0.0 <= c["p_holm"] <= 1.0
     best = json.loads((dest / "sweeps/soft/best.json").read_text())
@@ -387,7 +387,7 @@ def test_report_setting_reruns_only_the_report(repo):
 # The seed plan joins every arm's pilot, so any final stage's change may change it. That is the upper
 # bound could_rerun gives; a real rerun skips extra@<arm> when its own plan (metrics/seed_plan/<arm>.json)
 # came out byte-identical.
-PLANNED = ("seed_plan", "extra@none", "extra@control", "extra_kd@soft", "extra_kd@hard")
+PLANNED = ("seed_plan", "extra@none", "extra@control", "extra_kd@soft", "extra_kd@hard", "extra_kd@fake")
 
 
 def could_rerun(dest, env, dotted, value):
@@ -408,7 +408,8 @@ def test_one_arms_search_range_reruns_only_that_branch_and_the_joins(repo):
 
 def test_a_teacher_setting_leaves_the_no_teacher_arms_alone(repo):
     assert could_rerun(repo.dest, repo.env, "teacher.lr", 1e-3) == {
-        "teacher", "sweep_kd@soft", "sweep_kd@hard", "final_kd@soft", "final_kd@hard", *PLANNED, "evaluate", "report"}
+        "teacher", "sweep_kd@soft", "sweep_kd@hard", "final_kd@soft", "final_kd@hard", *PLANNED, "evaluate", "report",
+        "sweep_kd@fake", "final_kd@fake"}  # the fake arm never reads the teacher, but its stage group depends on it
 
 
 def test_a_student_setting_reruns_every_arm_but_not_the_teacher(repo):

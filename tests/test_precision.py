@@ -85,7 +85,8 @@ def _val_predictions(rng, seeds, n, p_correct):
 def test_the_plan_asks_more_seeds_for_noisier_comparisons_and_respects_the_cap():
     rng = np.random.default_rng(2)
     pilot = list(range(1, 31))  # the model part's estimate is noisy: a pilot this large makes the test sure
-    params = parse_params({"final": {"seeds": pilot, "max_seeds": 40}, "report": {"target_halfwidth": 0.5}})
+    params = parse_params({"final": {"seeds": pilot, "max_seeds": 40}, "report": {"target_halfwidth": 0.5},
+                           "arms": {"with_teacher": ["soft", "hard"]}})
     preds = {arm: _val_predictions(rng, pilot, 300, p) for arm, p in
              {"none": 0.97, "control": 0.97, "soft": 0.97, "hard": 0.5}.items()}
     plan = plan_seeds(params, preds, test_images=1200)
@@ -104,7 +105,7 @@ def test_the_seed_plan_stage_never_reads_the_test_split(tmp_path):
     """The stage runs in a project holding no prepared data at all: only val predictions and the split sizes."""
     rng = np.random.default_rng(3)
     (tmp_path / "metrics" / "val_predictions").mkdir(parents=True)
-    for arm in ("none", "control", "soft", "hard"):
+    for arm in ("none", "control", "soft", "hard", "fake"):
         _val_predictions(rng, [1, 2, 3], 200, 0.9).to_csv(tmp_path / "metrics" / "val_predictions" / f"{arm}.csv",
                                                           index=False)
     (tmp_path / "metrics" / "data.json").write_text(json.dumps({"counts": {"train": 1, "val": 200, "test": 400}}))

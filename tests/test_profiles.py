@@ -12,7 +12,7 @@ from distillery.core.config import Params, load_params
 from distillery.core.errors import ConfigError
 from distillery.profiles import apply_profile, available, parse_overrides, profile_values
 
-PROFILES = ("digits", "keras-flowers", "photos-small")
+PROFILES = ("digits", "keras-flowers", "photos-small", "definitive", "patient")
 
 
 def test_the_shipped_profiles_are_listed():

@@ -205,3 +205,4 @@ def test_importances_wait_for_ten_completed_trials_per_searched_knob():
     imp = param_importance(_study_with(20, ("alpha", "tau")))
     assert set(imp) == {"alpha", "tau"} and imp["alpha"] > imp["tau"]  # the objective is alpha itself
     assert param_importance(_study_with(39, ("lr", "weight_decay", "mixing", "drop_path"))) == {}
+    assert param_importance(_study_with(30, ("alpha",))) == {}  # one knob: importance 1 by definition

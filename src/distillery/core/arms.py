@@ -1,9 +1,11 @@
-"""The four arms of the comparison, and the search each one gets.
+"""The arms of the comparison, and the search each one gets.
 
 `none` is the plain ViT. `control` is the distilled architecture trained without a teacher (its
 distillation token learns the true labels: DeiT's "two class tokens" control), so that soft/hard
 vs control isolates the teacher's signal from the extra token and the averaged heads. `soft` and
-`hard` are DeiT's two distillation losses. Everything that differs between arms is in this file;
+`hard` are DeiT's two distillation losses. `fake` is soft distillation from a fake teacher whose
+logits are the smoothed labels, so soft − fake is what the teacher knows beyond the labels and not
+the shape of the loss (a τ-softened second target regularises on its own; reports/exploration.md). Everything that differs between arms is in this file;
 the rest of the code asks an `Arm` instead of testing names.
 """
 
@@ -22,21 +24,27 @@ class Arm:
     name: str
     label: str
     two_heads: bool  # the distilled architecture (class + distillation token)
-    uses_teacher: bool
+    uses_teacher: bool  # reads models/teacher.pt
+    distils: bool = False  # a distillation loss (the fake teacher's too): its study tunes λ/τ at the shared recipe
 
     def stage(self, group: str) -> str:
-        """The DVC stage name of this arm in `group` ("sweep" or "final"): teacher arms live in `<group>_kd`."""
-        return f"{group}_kd@{self.name}" if self.uses_teacher else f"{group}@{self.name}"
+        """The DVC stage name of this arm in `group` ("sweep" or "final"): distilling arms live in `<group>_kd`."""
+        return f"{group}_kd@{self.name}" if self.distils else f"{group}@{self.name}"
 
 
 ARMS: dict[str, Arm] = {
     "none": Arm("none", "plain ViT", two_heads=False, uses_teacher=False),
     "control": Arm("control", "DeiT architecture, no teacher", two_heads=True, uses_teacher=False),
-    "soft": Arm("soft", "DeiT, soft distillation", two_heads=True, uses_teacher=True),
-    "hard": Arm("hard", "DeiT, hard distillation", two_heads=True, uses_teacher=True),
+    "soft": Arm("soft", "DeiT, soft distillation", two_heads=True, uses_teacher=True, distils=True),
+    "hard": Arm("hard", "DeiT, hard distillation", two_heads=True, uses_teacher=True, distils=True),
+    "fake": Arm("fake", "DeiT, soft distillation from a fake teacher (the smoothed labels)", two_heads=True,
+                uses_teacher=False, distils=True),
 }
 REFERENCES = ("none", "control")  # what a distilled arm is compared against
 DISTILLED = ("soft", "hard")
+# The report's family of comparisons, in order: each distilled arm against each reference, then soft
+# against its null (the same loss with the labels as the teacher).
+COMPARISONS = (("soft", "none"), ("soft", "control"), ("hard", "none"), ("hard", "control"), ("soft", "fake"))
 # The control's two heads share the loss equally: 0.5 is the paper's hard-distillation weighting,
 # so control and hard differ only in where the second token's target comes from.
 CONTROL_ALPHA = 0.5
@@ -59,6 +67,8 @@ def own_space(params: Params, arm: str) -> dict[str, SearchSpec]:
         return {"alpha": params.distill.soft.alpha, "tau": params.distill.soft.tau}
     if arm == "hard":
         return {"alpha": params.distill.hard.alpha}
+    if arm == "fake":
+        return {"alpha": params.distill.fake.alpha, "tau": params.distill.fake.tau}
     return {}
 
 

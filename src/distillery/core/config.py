@@ -231,12 +231,11 @@ class HardLossConfig(_Section):
         return v.bounds_within(0.0, 1.0, "alpha")
 
 
-class SoftLossConfig(_Section):
-    """Soft distillation: λ and τ are searched in `alpha` and `tau`."""
+class _LambdaTau(_Section):
+    """A soft-distillation loss: λ and τ are searched in `alpha` and `tau`."""
 
     alpha: RangeSpec = RangeSpec(low=0.1, high=0.9)
     tau: RangeSpec = RangeSpec(low=1.0, high=8.0, log=True)
-    kl_reduction: Literal["batchmean", "numel"] = "batchmean"
 
     @field_validator("alpha")
     @classmethod
@@ -251,19 +250,32 @@ class SoftLossConfig(_Section):
         return v
 
 
+class SoftLossConfig(_LambdaTau):
+    """Soft distillation from the teacher."""
+
+    kl_reduction: Literal["batchmean", "numel"] = "batchmean"
+
+
+class FakeLossConfig(_LambdaTau):
+    """Soft distillation from a fake teacher whose logits are the smoothed labels (the null of `soft`): the
+    same loss, with distill.soft.kl_reduction, so soft − fake is what the teacher knows beyond the labels."""
+
+
 class DistillConfig(_Section):
     soft: SoftLossConfig = SoftLossConfig()
     hard: HardLossConfig = HardLossConfig()
+    fake: FakeLossConfig = FakeLossConfig()
     teacher: Literal["cached", "live"] = "cached"
     cache_dir: str | None = None
     cache_max_mb: float = Field(2048.0, ge=0.0)
 
 
 class ArmsConfig(_Section):
-    """Which arms run. Split by whether they read the teacher, so teacher edits leave the others alone."""
+    """Which arms run. Split by whether they distil (the fake teacher too), so that a teacher edit leaves the
+    arms that never distil alone."""
 
     without_teacher: list[Literal["none", "control"]] = Field(default_factory=lambda: ["none", "control"])
-    with_teacher: list[Literal["soft", "hard"]] = Field(default_factory=lambda: ["soft", "hard"])
+    with_teacher: list[Literal["soft", "hard", "fake"]] = Field(default_factory=lambda: ["soft", "hard", "fake"])
 
     @model_validator(mode="after")
     def _check(self) -> "ArmsConfig":

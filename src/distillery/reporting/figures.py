@@ -16,7 +16,8 @@ from ..core.files import atomic_path  # noqa: E402
 from .inputs import ReportInputs, seed_columns  # noqa: E402
 from .stats import Comparison, expected_best  # noqa: E402
 
-COLORS = {"teacher": "#444444", "none": "#1f77b4", "control": "#9467bd", "soft": "#ff7f0e", "hard": "#2ca02c"}
+COLORS = {"teacher": "#444444", "none": "#1f77b4", "control": "#9467bd", "soft": "#ff7f0e", "hard": "#2ca02c",
+          "fake": "#8c564b"}
 
 
 def label(name: str) -> str:
@@ -56,7 +57,7 @@ def fig_effects(comparisons: list[Comparison], min_effect: float, path: Path, dp
 def fig_delta_val(inputs: ReportInputs, path: Path, dpi: int) -> None:
     """Δ val accuracy per epoch, distilled arm − reference, paired by seed; band: 95% t-interval over seeds."""
     refs = [r for r in REFERENCES if inputs.histories.get(r)]
-    distilled = [a for a in inputs.arms if ARMS[a].uses_teacher and inputs.histories.get(a)]
+    distilled = [a for a in inputs.arms if ARMS[a].distils and inputs.histories.get(a)]
     fig, axes = plt.subplots(1, max(1, len(refs)), figsize=(6 * max(1, len(refs)), 3.8), squeeze=False)
     for ax, ref in zip(axes[0], refs):
         for arm in distilled:

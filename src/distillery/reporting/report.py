@@ -117,6 +117,8 @@ def _tuning_lines(inputs: ReportInputs) -> list[str]:
                                                           len(recipe_space(inputs.params)))
         if imp := inputs.importance.get(arm):
             importances.append(f"{arm}: " + ", ".join(f"{n} {v:.2f}" for n, v in imp.items()))
+        elif searched == 1:
+            importances.append(f"{arm}: one searched knob, nothing to rank")
         elif len(k):
             importances.append(f"{arm}: not computed ({len(k)} completed trials; fANOVA needs "
                                f"{importance_min_trials(searched)} for {searched} searched knobs)")
@@ -174,7 +176,9 @@ def render_markdown(inputs: ReportInputs, comps: list[Comparison], figs: list[st
         lines += [f"Soft distillation uses KL normalisation `{p.distill.soft.kl_reduction}` "
                   "(`batchmean`: textbook KD, as timm; `numel`: the DeiT reference code, C times smaller). "
                   "`control` is the distilled architecture without a teacher (both tokens learn the labels): "
-                  "distilled − control isolates the teacher's signal from the extra token and the averaged heads.", ""]
+                  "distilled − control isolates the teacher's signal from the extra token and the averaged heads. "
+                  "`fake` trains with the soft loss against a fake teacher whose logits are the smoothed labels: "
+                  "soft − fake is what the teacher knows beyond the labels, apart from what the loss's shape does.", ""]
     else:
         lines += ["No distilled arm and reference both ran: nothing to compare.", ""]
     # ------------------------------------------------------------------ results table

@@ -17,14 +17,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..core.arms import DISTILLED, REFERENCES
+from ..core.arms import COMPARISONS
 from ..core.config import Params
 from .stats import halfwidth_at, mde, paired_variance_parts, seeds_needed, simultaneous_level, variance_at
 
 
 def comparison_pairs(arms: list[str]) -> list[tuple[str, str]]:
-    """The report's family: each distilled arm against each reference, where both ran."""
-    return [(d, r) for d in DISTILLED if d in arms for r in REFERENCES if r in arms]
+    """The report's family (arms.COMPARISONS), where both arms ran."""
+    return [(d, r) for d, r in COMPARISONS if d in arms and r in arms]
 
 
 def correct_matrix(pred: pd.DataFrame, seeds: list[int]) -> np.ndarray:

@@ -26,8 +26,9 @@ def transfer_lines(transfer: dict[str, Any], classes: list[str], arms: list[str]
              f"{100 * splits['train']['teacher_acc']:.1f}% of train and {100 * splits['test']['teacher_acc']:.1f}% of "
              "test images, so agreement is mostly accuracy). KL: KL(teacher ‖ arm) at τ = 1, nats. "
              + (f"Transferable: the images the teacher gets right and `{ref}` (trained on labels only) gets wrong in "
-                f"most of its seeds; `{ref}`'s own share there is the floor, and a distilled arm above `control` on "
-                "them learned what only the teacher could teach. " if ref else "")
+                f"most of its seeds; `{ref}`'s own share there is the floor, and a distilled arm above `control` "
+                "(and `soft` above `fake`, the same loss on the labels) on them learned what only the teacher could "
+                "teach. " if ref else "")
              + "Means over seeds; (n) = images.", "",
              "| arm | agreement, train | agreement, test | KL, test | transferable right, train (n) | "
              "transferable right, test (n) | copies the teacher's test errors (n) |",

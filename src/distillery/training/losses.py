@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 LossKind = str  # "none" | "control" | "soft" | "hard"
-LOSS_KINDS = ("none", "control", "soft", "hard")
+LOSS_KINDS = ("none", "control", "soft", "hard", "fake")
+_LOG_FLOOR = 1e-8  # log(0) of an unsmoothed label's off-classes: a finite logit far below the others
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,10 @@ class DistillLoss:
         if self.kind == "control":
             ce, ce_dist = soft_target_ce(z_c, target), soft_target_ce(z_d, target)
             return {"loss": (1.0 - alpha) * ce + alpha * ce_dist, "ce": ce, "distill": ce_dist}
+        if self.kind == "fake":
+            ce = soft_target_ce(z_c, target)
+            dist = soft_distillation_term(z_d, target.clamp_min(_LOG_FLOOR).log(), tau, self.kl_reduction)
+            return {"loss": (1.0 - alpha) * ce + alpha * dist, "ce": ce, "distill": dist}
         if teacher_logits is None:
             raise ValueError(f"loss '{self.kind}' needs the teacher's logits")
         ce = soft_target_ce(z_c, target)

@@ -57,6 +57,8 @@ def make_loss(params: Params, arm: str, hparams: dict[str, float]) -> DistillLos
         return DistillLoss("soft", hparams["alpha"], hparams["tau"], params.distill.soft.kl_reduction)
     if arm == "hard":
         return DistillLoss("hard", hparams["alpha"])
+    if arm == "fake":  # the soft loss, λ/τ of its own study, the labels as the teacher
+        return DistillLoss("fake", hparams["alpha"], hparams["tau"], params.distill.soft.kl_reduction)
     return DistillLoss("none")
 
 

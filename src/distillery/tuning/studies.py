@@ -276,13 +276,12 @@ def snapshot_study(study_name: str, storage_url: str, path: Path) -> None:
 
 
 def param_importance(study: optuna.Study) -> dict[str, float]:
-    """fANOVA importance of each searched parameter; empty below importance_min_trials completed trials."""
+    """fANOVA importance of each searched parameter; empty below importance_min_trials completed trials, and
+    for a single searched knob (its importance is 1 by definition: nothing is ranked)."""
     completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     names = {k for t in completed for k in t.params}
-    if not names or len(completed) < importance_min_trials(len(names)):
+    if len(names) < 2 or len(completed) < importance_min_trials(len(names)):
         return {}
-    if len(names) == 1:
-        return {next(iter(names)): 1.0}
     try:
         imp = optuna.importance.get_param_importances(study)
     except (RuntimeError, ValueError):  # e.g. every completed trial has the same value
