@@ -86,7 +86,7 @@ def sweep_pair(params, data, teacher, cache, tmp: Path, tag: str):
     import optuna
 
     from distillery.core.arms import study_budget
-    from distillery.training.tracking import setup_tracking, start_run
+    from distillery.core.tracking import setup_tracking, start_run
     from distillery.tuning.objective import make_objective
     from distillery.tuning.studies import open_arm_study, run_study
 

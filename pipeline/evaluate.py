@@ -4,7 +4,8 @@ Writes metrics/evaluation.json (accuracies and sizes: deterministic on CPU),
 metrics/throughput.json (timings: never byte-identical), metrics/token_cosine.json (class vs
 distillation token per layer), metrics/transfer.json (what the teacher has to give beyond the labels
 on the training views, and how much of it each arm took, on train and test) and
-metrics/test_predictions.csv.
+metrics/test_predictions.csv. Then MLflow (publish.py): test metrics onto each final run, each model
+as an MLflow Model, each arm's best seed by val registered.
 """
 
 import numpy as np
@@ -13,6 +14,7 @@ from distillery.core.cli import StageContext, main_for
 from distillery.core.files import atomic_path, write_json
 from distillery.data import SPLITS, load_prepared
 from distillery.evaluation.evaluate import evaluate_all, seed_models, teacher_signal
+from distillery.evaluation.publish import publish
 from distillery.training.loop import resolve_device
 from distillery.training.machine import machine_info
 
@@ -32,6 +34,7 @@ def body(ctx: StageContext) -> str:
     write_json(layout.metrics / "transfer.json", {"teacher_signal": teacher_signal(layout, p, data), **result.transfer})
     with atomic_path(layout.metrics / "test_predictions.csv") as tmp:
         result.predictions.to_csv(tmp, index=False)
+    print(publish(layout, p, data, models, result.metrics))
     parts = [f"{name} {m['test_acc']:.4f}" for name, m in result.metrics.items()]
     return "test acc: " + ", ".join(parts)
 

@@ -26,7 +26,7 @@ from distillery.training.models import check_model_names, load_model
 from distillery.training.plan import final_run, fused_group_size, teacher_cache
 from distillery.training.fusion import chunks
 from distillery.training.runs import Unit, tracked_fit, tracked_fit_group
-from distillery.training.tracking import base_tags, setup_tracking, system_metrics_on
+from distillery.core.tracking import base_tags, setup_tracking, system_metrics_on
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

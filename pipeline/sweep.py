@@ -20,7 +20,7 @@ from distillery.core.files import Best, write_csv, write_json
 from distillery.data import load_prepared
 from distillery.training.models import check_model_names, load_model, state_digest
 from distillery.training.plan import fused_group_size, teacher_cache
-from distillery.training.tracking import base_tags, setup_tracking, start_run
+from distillery.core.tracking import base_tags, setup_tracking, start_run
 from distillery.tuning.objective import make_batch_objective, make_objective, trial_checkpoints
 from distillery.tuning.studies import (arm_sampler_for, open_arm_study, param_importance, run_shared_study, run_study,
                                       snapshot_study, study_name, suggest_space, summarize_study)

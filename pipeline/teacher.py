@@ -11,7 +11,7 @@ from distillery.training.machine import machine_info
 from distillery.training.models import check_model_names, count_params
 from distillery.training.plan import teacher_run
 from distillery.training.runs import tracked_fit
-from distillery.training.tracking import base_tags, setup_tracking
+from distillery.core.tracking import base_tags, setup_tracking
 
 
 def body(ctx: StageContext) -> str:

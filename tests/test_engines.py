@@ -94,15 +94,15 @@ def test_two_workers_on_postgres_one_killed_mid_trial(engines, tmp_path):
 
     final = runs_on(tracking, dvc_stage="final@none", params_hash=_hash(project))
     assert len(final) == 1
-    listed = {a.path for a in mlflow.MlflowClient(tracking).list_artifacts(final["run_id"][0], "model")}
-    assert listed == {"model/seed_1.pt"} and (artifacts / "").exists()
+    listed = {a.path for a in mlflow.MlflowClient(tracking).list_artifacts(final["run_id"][0], "checkpoint")}
+    assert listed == {"checkpoint/seed_1.pt"} and (artifacts / "").exists()
     snapshot = optuna.load_study(study_name=study.study_name, storage=f"sqlite:///{project / 'sweeps/none/study.db'}")
     assert len(snapshot.trials) == len(trials)  # DVC's output: a local copy of the shared study
 
 
 def _hash(project):
     from distillery.core.config import load_params
-    from distillery.training.tracking import params_hash
+    from distillery.core.tracking import params_hash
 
     return params_hash(load_params(project / "params.yaml"))
 
@@ -111,7 +111,7 @@ LOGGER = """
 import sys, pathlib
 from distillery.core.config import TrackingConfig
 from distillery.core.paths import Layout
-from distillery.training.tracking import setup_tracking, start_run
+from distillery.core.tracking import setup_tracking, start_run
 import mlflow
 setup_tracking(TrackingConfig(uri=sys.argv[1]), Layout(pathlib.Path(sys.argv[2])))
 for i in range(3):

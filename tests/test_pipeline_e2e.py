@@ -227,6 +227,102 @@ def test_mlflow_has_every_run_with_the_same_keys_for_trials_and_finals(repo):
     assert tags["dvc_stage"] == "final_kd@hard" and tags["arm"] == "hard" and len(tags["git_commit"]) == 40
 
 
+def test_mlflow_has_test_metrics_one_summary_and_each_arms_pick_registered(repo):
+    dest = repo.dest
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{dest / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("distillery")
+    runs = client.search_runs([exp.experiment_id], max_results=500, order_by=["attributes.start_time DESC"])
+    ev = json.loads((dest / "metrics/evaluation.json").read_text())
+    finals = [r for r in runs if r.data.tags.get("model_kind") == "final"]
+    assert len(finals) == len(ARMS) * 3
+    for r in finals:  # what mlflow ui sorts final runs by: the test accuracy of the inference rule
+        seed = ev[r.data.tags["arm"]]["per_seed"][r.data.tags["seed"]]
+        assert r.data.metrics["test_acc"] == pytest.approx(seed["test_acc_avg"])
+        assert r.data.metrics["test_teacher_agreement"] == pytest.approx(seed["teacher_agreement"])
+    summary = next(r for r in runs if r.data.tags.get("model_kind") == "summary")
+    effects = json.loads((dest / "reports/effects.json").read_text())
+    for name, c in effects["comparisons"].items():
+        assert summary.data.metrics[f"{name}.delta"] == pytest.approx(c["diff"])
+        assert summary.data.tags[f"verdict.{name}"] == c["verdict"]
+    listed = {a.path for a in client.list_artifacts(summary.info.run_id)}
+    assert {"report.md", "headline.json", "effects.json", "figures"} <= listed
+    for arm in ARMS:  # the registered pick is the best seed by val objective, never by test
+        per_seed = {}
+        for rel in (f"metrics/final/{arm}.json", f"metrics/final/extra/{arm}.json"):
+            per_seed.update(json.loads((dest / rel).read_text())["per_seed"])
+        best = min(per_seed, key=lambda s: (-per_seed[s]["objective"], int(s)))
+        version = client.get_model_version_by_alias(f"distillery-{arm}", "current")
+        assert version.tags["seed"] == best, arm
+
+
+def _served_probabilities(dest, uri, images, env):
+    """Load `uri` with mlflow.pyfunc in a fresh process (no distillery import) and predict `images`."""
+    np = pytest.importorskip("numpy")
+    np.save(dest.parent / "served_x.npy", images)
+    code = ("import sys, json, numpy as np, mlflow.pyfunc; m = mlflow.pyfunc.load_model(sys.argv[1]); "
+            "p = m.predict(np.load(sys.argv[2])); np.save(sys.argv[3], p); "
+            "print(json.dumps(sorted(k for k in sys.modules if k.startswith('distillery'))))")
+    out = dest.parent / "served_p.npy"
+    proc = subprocess.run(["python", "-c", code, uri, str(dest.parent / "served_x.npy"), str(out)], cwd=dest.parent,
+                          env={**env, "MLFLOW_TRACKING_URI": f"sqlite:///{dest / 'mlflow.db'}"}, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return np.load(out), json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_a_registered_model_predicts_like_evaluate_in_a_fresh_process(repo):
+    dest = repo.dest
+    import numpy as np
+    import pandas as pd
+
+    from distillery.data import load_prepared
+
+    test = load_prepared(dest / "data/prepared", splits=("test",)).splits["test"]
+    probs, imported = _served_probabilities(dest, "models:/distillery-soft@current", np.array(test.x), repo.env)
+    assert not [m for m in imported if m.startswith("distillery.training")], imported
+    assert probs.shape == (len(test.y), 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    from mlflow.tracking import MlflowClient
+
+    seed = MlflowClient(tracking_uri=f"sqlite:///{dest / 'mlflow.db'}").get_model_version_by_alias(
+        "distillery-soft", "current").tags["seed"]
+    evaluated = pd.read_csv(dest / "metrics/test_predictions.csv")[f"soft_s{seed}_avg"].to_numpy()
+    assert (probs.argmax(1) == evaluated).mean() >= 0.99  # the preprocessing travelled with the model
+
+
+def test_predict_reads_a_folder_of_mixed_images(repo, tmp_path):
+    dest = repo.dest
+    import numpy as np
+    from PIL import Image
+
+    from distillery.data import load_prepared
+
+    x = np.array(load_prepared(dest / "data/prepared", splits=("val",)).splits["val"].x[:2])
+    folder = tmp_path / "mixed"
+    (folder / "sub").mkdir(parents=True)
+    Image.fromarray(x[0, 0]).save(folder / "gray.png")  # the stored pixels themselves
+    Image.fromarray(x[1, 0]).convert("RGB").resize((45, 30)).save(folder / "sub" / "wide.jpg")
+    Image.fromarray(x[1, 0]).convert("RGBA").save(folder / "alpha.png")
+    Image.fromarray(x[0, 0]).convert("P").save(folder / "palette.gif")
+    (folder / "broken.png").write_bytes(b"not an image")
+    (folder / "notes.txt").write_text("ignored")
+    proc = subprocess.run(["python", "-m", "distillery.predict", "--model", "models:/distillery-none@current",
+                           str(folder)], cwd=dest, env={**repo.env, "MLFLOW_TRACKING_URI": f"sqlite:///{dest / 'mlflow.db'}"},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert [Path(line.split("\t")[0]).name for line in lines] == ["alpha.png", "gray.png", "palette.gif", "wide.jpg"]
+    for line in lines:
+        probs = [float(v) for v in re.findall(r" (\d\.\d{3})", line.split("\t")[1])]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True) and sum(probs) <= 1.001
+    assert "broken.png" in proc.stderr
+    bad = subprocess.run(["python", "-m", "distillery.predict", "--model", "models:/no-such-model@current",
+                          str(folder)], cwd=dest, env={**repo.env, "MLFLOW_TRACKING_URI": f"sqlite:///{dest / 'mlflow.db'}"},
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "no-such-model" in bad.stderr
+
+
 def test_the_real_studies_spent_the_same_budget(repo):
     """Read back what each arm's sweep stage actually did: its Optuna study and its MLflow parent run."""
     dest = repo.dest
@@ -493,3 +589,25 @@ def test_a_typo_anywhere_in_params_stops_dvc_repro_in_one_line(repo):
     finally:
         path.write_text(original)
         run_ok(["dvc", "repro"], dest, env)  # DVC removed the failed stage's outputs: put them back
+
+
+def test_dvc_exp_show_fits_a_screen_and_dvc_plots_render(repo, tmp_path):
+    """Two ablations as a DVC user runs them; the headline cells fit `dvc exp show` at 200 columns."""
+    dest, env = repo.dest, {**repo.env, "COLUMNS": "200"}
+    original = (dest / "params.yaml").read_text()
+    try:
+        run_ok(["git", "add", "-A"], dest, env)
+        run_ok(["git", "commit", "-qm", "results"], dest, env)
+        for value in ("0.5", "2.0"):
+            run_ok(["dvc", "exp", "run", "-S", f"report.min_effect={value}"], dest, env)
+        table = run_ok(["dvc", "exp", "show", "--only-changed", "--no-pager"], dest, env)
+        assert max(len(line) for line in table.splitlines()) <= 200, table
+        for name in ("soft-none", "soft-control", "hard-none", "hard-control", "soft-fake"):
+            assert name in table, table
+        assert re.search(r"[+-]\d+\.\d\d±\d+\.\d\d (gain|loss|unclear|\|Δ\|<)", table), table
+        run_ok(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], dest, env)
+        html = (tmp_path / "plots" / "index.html").read_text()
+        assert "effects.png" in html and "learning_curves.png" in html and "val_acc" in html
+    finally:
+        (dest / "params.yaml").write_text(original)
+        run_ok(["dvc", "repro"], dest, env)

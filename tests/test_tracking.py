@@ -5,7 +5,7 @@ import pytest
 from distillery.core.config import TrackingConfig
 from distillery.core.errors import TrackingError
 from distillery.core.paths import Layout, project_root
-from distillery.training.tracking import _check_reachable, flatten, tracking_uri
+from distillery.core.tracking import _check_reachable, flatten, tracking_uri
 
 
 def test_default_database_is_at_the_project_root(tmp_path):
@@ -52,7 +52,7 @@ def test_system_metrics_are_sampled_into_each_run_when_on(tmp_path):
 
     import mlflow
 
-    from distillery.training.tracking import setup_tracking, start_run, system_metrics_on
+    from distillery.core.tracking import setup_tracking, start_run, system_metrics_on
 
     assert system_metrics_on(TrackingConfig(system_metrics=False)) is False
     cfg = TrackingConfig(system_metrics=True, system_metrics_interval=0.5)
@@ -79,11 +79,11 @@ def test_runs_of_a_killed_process_are_marked_killed_and_no_others(tmp_path):
     import mlflow
 
     from distillery.core.processes import this_process
-    from distillery.training.tracking import PROCESS_TAG, resume_run, setup_tracking
+    from distillery.core.tracking import PROCESS_TAG, resume_run, setup_tracking
 
     victim = subprocess.run([sys.executable, "-c", (
         "import os, pathlib; from distillery.core.config import TrackingConfig; from distillery.core.paths import Layout\n"
-        "from distillery.training.tracking import setup_tracking, start_run\n"
+        "from distillery.core.tracking import setup_tracking, start_run\n"
         f"setup_tracking(TrackingConfig(system_metrics=False), Layout(pathlib.Path({str(tmp_path)!r})))\n"
         "with start_run('victim', {}) as run:\n"
         "    print(run.info.run_id, flush=True); os._exit(0)  # dies inside the run, as under SIGKILL")],

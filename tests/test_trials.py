@@ -7,7 +7,7 @@ from test_train import RecordingTeacher, toy_data
 from distillery.core.config import TrackingConfig, parse_params
 from distillery.core.paths import Layout
 from distillery.tuning.studies import open_study, run_study
-from distillery.training.tracking import setup_tracking
+from distillery.core.tracking import setup_tracking
 from distillery.tuning.objective import make_objective
 
 SMALL_STUDENT = {"patch_size": 4, "embed_dim": 32, "depth": 1, "num_heads": 2}

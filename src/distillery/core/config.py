@@ -385,6 +385,8 @@ class TrackingConfig(_Section):
     # auto: on where a CUDA device is visible, where utilisation says whether the GPU is starved.
     system_metrics: Literal["auto"] | bool = "auto"
     system_metrics_interval: float = Field(2.0, gt=0)
+    # evaluate logs every final model as an MLflow Model and registers each arm's pick by val
+    log_models: bool = True
 
 
 class Params(_Section):

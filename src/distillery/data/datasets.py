@@ -86,6 +86,12 @@ def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
+def image_as_input(img: Image.Image, channels: int, size: int) -> np.ndarray:
+    """Any PIL image as a model's input (C, size, size) uint8: converted, resized and centre-cropped the way
+    prepare stores a folder of images (distillery.predict)."""
+    return _as_channels(np.asarray(_resize_center_crop(_to_mode(img, channels), size), dtype=np.uint8), channels)
+
+
 def _as_channels(arr: np.ndarray, channels: int) -> np.ndarray:
     """(H, W) or (H, W, 3) uint8 -> (C, H, W) with the requested channel count."""
     if arr.ndim == 2:

@@ -18,10 +18,12 @@ from ..core.config import ChoiceSpec, Params
 from ..core.files import write_json, write_text
 from ..core.paths import Layout
 from . import figures
+from .headline import headline
 from .inputs import ReportInputs, load_inputs
 from .precision import precision_lines, precision_of
 from .seed_plan import comparison_pairs
 from .stats import Comparison, compare_arms
+from .summary_run import log_summary
 from .teacher_check import TeacherCheck, check_teacher, labels_in_disguise, signal_lines, teacher_check_lines
 from .transfer_lines import transfer_lines
 
@@ -287,4 +289,7 @@ def build_report(layout: Layout, params: Params) -> Path:
         "arms": {arm: {"test_acc": inputs.evaluation[arm]["test_acc"], "hparams": inputs.best[arm].hparams}
                  for arm in inputs.arms},
     })
+    write_json(out / "headline.json", headline(comps, inputs.evaluation, inputs.arms, params.report.min_effect))
+    print(log_summary(layout, params, comps, inputs.evaluation, inputs.arms,
+                      [md, out / "headline.json", out / "effects.json", fig_dir]))
     return md

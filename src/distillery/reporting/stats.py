@@ -234,3 +234,16 @@ def expected_best(values: np.ndarray, k: int) -> tuple[float, float]:
     w = (i / n) ** k - ((i - 1) / n) ** k
     mean = float(w @ v)
     return mean, math.sqrt(max(float(w @ v**2) - mean**2, 0.0))
+
+
+_SHORT_VERDICTS = (("helped by more than", "gain>{d}"), ("helped, by less than", "gain<{d}"), ("helped", "gain"),
+                   ("hurt by more than", "loss>{d}"), ("hurt, by less than", "loss<{d}"), ("hurt", "loss"),
+                   ("no effect larger than", "|Δ|<{d}"), ("needs", "1 seed"), ("inconclusive", "unclear"))
+
+
+def short_verdict(verdict: str, min_effect: float) -> str:
+    """verdict_for's sentence in a few characters, for a table column (headline metrics, `dvc exp show`)."""
+    for prefix, short in _SHORT_VERDICTS:
+        if verdict.startswith(prefix):
+            return short.format(d=f"{min_effect:g}")
+    raise ValueError(f"unknown verdict: {verdict!r}")

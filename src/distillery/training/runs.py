@@ -26,7 +26,8 @@ import torch.nn as nn
 from ..core.files import atomic_path, write_csv, write_json, write_text
 from ..data import Prepared
 from .models import ModelSpec, count_params, save_model, state_digest
-from .tracking import EpochLogger, close_run, open_run, resume_run, start_run, system_metrics
+from ..core.tracking import (MODEL_SHA_TAG, EpochLogger, close_run, file_sha256, open_run, resume_run, start_run,
+                             system_metrics)
 from .checkpoints import checkpoint_fingerprint, previous_of
 from .loop import EpochCallback, Member, Recipe, fit, fit_group
 from .distributed import Ranks
@@ -163,7 +164,9 @@ def _save_outputs(unit: Unit, history: list[dict[str, Any]], run_id: str) -> Non
     for k, v in final.items():
         client.log_metric(run_id, k, float(v))
     client.log_artifact(run_id, str(unit.history_path), artifact_path="history")
-    client.log_artifact(run_id, str(unit.model_path), artifact_path="model")
+    client.set_tag(run_id, MODEL_SHA_TAG, file_sha256(unit.model_path))
+    # the raw checkpoint; evaluate adds the loadable MLflow Model (publish.py)
+    client.log_artifact(run_id, str(unit.model_path), artifact_path="checkpoint")
 
 
 def _keep_finished(unit: Unit, fingerprint: str, run_id: str, history: list[dict[str, Any]]) -> None:

@@ -25,7 +25,7 @@ from ..training.models import count_params, state_digest
 from ..training.runs import run_identity
 from ..training.plan import trial_run
 from ..training.teacher_cache import TeacherCache
-from ..training.tracking import EpochLogger, close_run, open_run
+from ..core.tracking import EpochLogger, close_run, open_run
 from .studies import first_prunable_epoch, heartbeat, suggest_space, trial_label
 
 

@@ -12,12 +12,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..core.config import Params, TrackingConfig
-from ..core.errors import TrackingError
-from ..core.processes import is_gone_here, this_process
-from ..core.paths import Layout
+from .config import Params, TrackingConfig
+from .errors import TrackingError
+from .processes import is_gone_here, this_process
+from .paths import Layout
 
 PROCESS_TAG = "host_pid"  # which process runs it: lets a later stage close the runs of a killed one
+MODEL_SHA_TAG = "model_sha256"  # on a final run: the SHA-256 of the model file it wrote, how evaluate finds it
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def tracking_uri(cfg: TrackingConfig, layout: Layout) -> str:
@@ -56,8 +61,9 @@ def system_metrics_on(cfg: TrackingConfig) -> bool:
     return bool(cfg.system_metrics)
 
 
-def setup_tracking(cfg: TrackingConfig, layout: Layout) -> str:
-    """Point MLflow at the configured store, creating the database once (under a lock)."""
+def setup_tracking(cfg: TrackingConfig, layout: Layout, monitor: bool = True) -> str:
+    """Point MLflow at the configured store, creating the database once (under a lock). monitor=False:
+    no system metrics, and no torch import to decide (the report stage, which trains nothing)."""
     import mlflow
     from filelock import FileLock
 
@@ -67,7 +73,7 @@ def setup_tracking(cfg: TrackingConfig, layout: Layout) -> str:
     uri = tracking_uri(cfg, layout)
     _check_reachable(uri)
     mlflow.set_tracking_uri(uri)
-    if system_metrics_on(cfg):
+    if monitor and system_metrics_on(cfg):
         # MLflow's own monitor: a thread per active run samples psutil and (through pynvml) every GPU
         mlflow.set_system_metrics_sampling_interval(cfg.system_metrics_interval)
         mlflow.enable_system_metrics_logging()

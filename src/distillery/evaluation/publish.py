@@ -1,0 +1,153 @@
+"""The MLflow side of evaluate: test metrics onto each final run, each seed's model as an MLflow Model,
+and each arm's pick registered.
+
+A model file finds its run by the SHA-256 the final stage tagged it with (runs.py), so a rerun, a
+resumed run or a DVC experiment all point at the run that trained these exact weights. The pick is
+the seed with the best val objective (metrics/final: never the test split), registered as
+`<tracking.experiment>-<arm>` with the alias `current`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.files import read_json
+from ..core.paths import Layout
+from ..core.tracking import MODEL_SHA_TAG, file_sha256
+
+ALIAS = "current"
+TEST_METRICS = {"test_acc_avg": "test_acc", "test_acc_cls": "test_acc_cls", "test_acc_dist": "test_acc_dist",
+                "teacher_agreement": "test_teacher_agreement"}
+
+
+def run_of_model(client: Any, experiment_id: str, path: Path) -> str | None:
+    """The newest finished run that trained exactly these weights; None when this store never saw them."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.{MODEL_SHA_TAG} = '{file_sha256(path)}' "
+                                                             "and attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def val_objectives(layout: Layout, arm: str) -> dict[int, float]:
+    """Per seed, the val objective the final (and extra) stage recorded: what the pick is made on."""
+    out: dict[int, float] = {}
+    for extra in (False, True):
+        path = layout.final_metrics(arm, extra)
+        if path.exists():
+            out.update({int(s): float(r["objective"]) for s, r in read_json(path)["per_seed"].items()})
+    return out
+
+
+def pick_seed(objectives: dict[int, float], seeds: list[int]) -> int:
+    """The best val objective among `seeds`; a tie goes to the lowest seed."""
+    scored = [(-objectives.get(s, -np.inf), s) for s in seeds]
+    return min(scored)[1]
+
+
+def seed_test_metrics(evaluation: dict[str, Any], arm: str, seed: int) -> dict[str, float]:
+    per_seed = evaluation[arm].get("per_seed", {}).get(str(seed), {})
+    return {name: float(per_seed[key]) for key, name in TEST_METRICS.items() if key in per_seed}
+
+
+@dataclass
+class Published:
+    runs: int
+    models: int
+    missing: int
+    registered: dict[str, str]  # arm -> "name@alias (seed s)"
+
+    def line(self, uri: str) -> str:
+        parts = [f"mlflow: test metrics on {self.runs} final run(s), {self.models} MLflow Model(s)"]
+        if self.registered:
+            parts.append("registered " + ", ".join(self.registered.values()))
+        if self.missing:
+            parts.append(f"{self.missing} model file(s) have no run in {uri} (trained against another store)")
+        return "; ".join(parts)
+
+
+def served_model(path: Path, data: Any) -> tuple[Any, dict[str, Any], np.ndarray]:
+    """The checkpoint as a ServedClassifier, its model card and an input example (the first val image)."""
+    from ..serving import ServedClassifier, model_card
+    from ..training.models import load_model
+
+    net, spec, _ = load_model(path, expect_classes=data.num_classes, expect_chans=data.channels)
+    served = ServedClassifier(net, data.mean, data.std, data.image_size)
+    card = model_card(data.classes, data.channels, data.storage_size, data.image_size, data.mean, data.std,
+                      architecture=spec.name)
+    return served, card, np.array(data.splits["val"].x[:1])
+
+
+def log_served_model(run_id: str, path: Path, data: Any, arm: str, seed: int) -> str:
+    """Log the checkpoint into its run as an MLflow Model (signature, input example, model card); its URI."""
+    import mlflow
+    import mlflow.pytorch
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    from ..core.tracking import resume_run
+
+    served, card, example = served_model(path, data)
+    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *example.shape[1:]))]),
+                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, data.num_classes))]))
+    with resume_run(run_id):
+        info = mlflow.pytorch.log_model(served, name="model", signature=signature, input_example=example,
+                                        metadata={**card, "arm": arm, "seed": seed},
+                                        pip_requirements=_requirements())
+    return info.model_uri
+
+
+def _requirements() -> list[str]:
+    """What loading needs: torch and timm at the versions that wrote it (no inference of the environment)."""
+    import timm
+    import torch
+
+    return [f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}", "distillery"]
+
+
+def register(client: Any, name: str, model_uri: str, run_id: str, tags: dict[str, str]) -> str:
+    import mlflow
+
+    try:
+        client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        client.create_registered_model(name, description="distillery: the pick of this arm by val objective")
+    version = client.create_model_version(name, model_uri, run_id=run_id, tags=tags)
+    client.set_registered_model_alias(name, ALIAS, version.version)
+    return version.version
+
+
+def publish(layout: Layout, params: Any, data: Any, models: dict[str, list[tuple[int, Path]]],
+            evaluation: dict[str, Any]) -> str:
+    """Test metrics and MLflow Models onto the runs that trained the models; each arm's pick registered."""
+    import mlflow
+    from mlflow.tracking.fluent import _get_experiment_id
+
+    from ..core.tracking import git_commit, setup_tracking
+
+    uri = setup_tracking(params.tracking, layout)
+    client, experiment_id = mlflow.MlflowClient(), _get_experiment_id()
+    done = Published(0, 0, 0, {})
+    for arm, entries in models.items():
+        uris: dict[int, tuple[str, str]] = {}
+        for seed, path in entries:
+            run_id = run_of_model(client, experiment_id, path)
+            if run_id is None:
+                done.missing += 1
+                continue
+            for name, value in seed_test_metrics(evaluation, arm, seed).items():
+                client.log_metric(run_id, name, value)
+            done.runs += 1
+            if params.tracking.log_models:
+                uris[seed] = (log_served_model(run_id, path, data, arm, seed), run_id)
+                done.models += 1
+        if uris:
+            seed = pick_seed(val_objectives(layout, arm), sorted(uris))
+            name = f"{params.tracking.experiment}-{arm}"
+            version = register(client, name, *uris[seed], tags={"seed": str(seed), "picked_by": "val objective",
+                                                                  "git_commit": git_commit(layout.root)})
+            done.registered[arm] = f"{name}@{ALIAS} (v{version}, seed {seed})"
+    return done.line(uri)
