@@ -17,7 +17,7 @@ import pytest
 import yaml
 from conftest import ROOT, copy_project, project_env, run_ok, running_runs
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # the module fixture runs the whole pipeline
 
 ARMS = ("none", "control", "soft", "hard", "fake")
 STAGES = ("prepare", "teacher", "sweep@none", "sweep@control", "sweep_kd@soft", "sweep_kd@hard", "sweep_kd@fake",
@@ -259,7 +259,8 @@ def test_mlflow_has_test_metrics_one_summary_and_each_arms_pick_registered(repo)
 
 def _served_probabilities(dest, uri, images, env):
     """Load `uri` with mlflow.pyfunc in a fresh process (no distillery import) and predict `images`."""
-    np = pytest.importorskip("numpy")
+    import numpy as np
+
     np.save(dest.parent / "served_x.npy", images)
     code = ("import sys, json, numpy as np, mlflow.pyfunc; m = mlflow.pyfunc.load_model(sys.argv[1]); "
             "p = m.predict(np.load(sys.argv[2])); np.save(sys.argv[3], p); "

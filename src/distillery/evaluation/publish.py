@@ -25,9 +25,8 @@ TEST_METRICS = {"test_acc_avg": "test_acc", "test_acc_cls": "test_acc_cls", "tes
 
 
 def run_of_model(client: Any, experiment_id: str, path: Path) -> str | None:
-    """The newest finished run that trained exactly these weights; None when this store never saw them."""
-    runs = client.search_runs([experiment_id], filter_string=f"tags.{MODEL_SHA_TAG} = '{file_sha256(path)}' "
-                                                             "and attributes.status = 'FINISHED'",
+    """The newest run that trained exactly these weights; None when this store never saw them."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.{MODEL_SHA_TAG} = '{file_sha256(path)}'",
                               order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0].info.run_id if runs else None
 
@@ -82,22 +81,27 @@ def served_model(path: Path, data: Any) -> tuple[Any, dict[str, Any], np.ndarray
 
 
 def log_served_model(run_id: str, path: Path, data: Any, arm: str, seed: int) -> str:
-    """Log the checkpoint into its run as an MLflow Model (signature, input example, model card); its URI."""
+    """Save the checkpoint as an MLflow Model (signature, input example, model card) into its run's
+    artifacts under model/, without reopening the run; its runs:/ URI."""
+    import logging
+    import tempfile
+
     import mlflow
     import mlflow.pytorch
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    from ..core.tracking import resume_run
-
     served, card, example = served_model(path, data)
     signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *example.shape[1:]))]),
                                outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, data.num_classes))]))
-    with resume_run(run_id):
-        info = mlflow.pytorch.log_model(served, name="model", signature=signature, input_example=example,
-                                        metadata={**card, "arm": arm, "seed": seed},
-                                        pip_requirements=_requirements())
-    return info.model_uri
+    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # a pickle warning per model: said once, in the docs
+    with tempfile.TemporaryDirectory() as tmp:
+        # pickle, not pt2: torch.export would fix the batch size at the input example's
+        mlflow.pytorch.save_model(served, f"{tmp}/model", signature=signature, input_example=example,
+                                  metadata={**card, "arm": arm, "seed": seed}, pip_requirements=_requirements(),
+                                  serialization_format="pickle")
+        mlflow.MlflowClient().log_artifacts(run_id, f"{tmp}/model", artifact_path="model")
+    return f"runs:/{run_id}/model"
 
 
 def _requirements() -> list[str]:
@@ -108,14 +112,10 @@ def _requirements() -> list[str]:
     return [f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}", "distillery"]
 
 
-def register(client: Any, name: str, model_uri: str, run_id: str, tags: dict[str, str]) -> str:
+def register(client: Any, name: str, model_uri: str, tags: dict[str, str]) -> str:
     import mlflow
 
-    try:
-        client.get_registered_model(name)
-    except mlflow.exceptions.MlflowException:
-        client.create_registered_model(name, description="distillery: the pick of this arm by val objective")
-    version = client.create_model_version(name, model_uri, run_id=run_id, tags=tags)
+    version = mlflow.register_model(model_uri, name, tags=tags)
     client.set_registered_model_alias(name, ALIAS, version.version)
     return version.version
 
@@ -132,7 +132,7 @@ def publish(layout: Layout, params: Any, data: Any, models: dict[str, list[tuple
     client, experiment_id = mlflow.MlflowClient(), _get_experiment_id()
     done = Published(0, 0, 0, {})
     for arm, entries in models.items():
-        uris: dict[int, tuple[str, str]] = {}
+        uris: dict[int, str] = {}
         for seed, path in entries:
             run_id = run_of_model(client, experiment_id, path)
             if run_id is None:
@@ -142,12 +142,12 @@ def publish(layout: Layout, params: Any, data: Any, models: dict[str, list[tuple
                 client.log_metric(run_id, name, value)
             done.runs += 1
             if params.tracking.log_models:
-                uris[seed] = (log_served_model(run_id, path, data, arm, seed), run_id)
+                uris[seed] = log_served_model(run_id, path, data, arm, seed)
                 done.models += 1
         if uris:
             seed = pick_seed(val_objectives(layout, arm), sorted(uris))
             name = f"{params.tracking.experiment}-{arm}"
-            version = register(client, name, *uris[seed], tags={"seed": str(seed), "picked_by": "val objective",
+            version = register(client, name, uris[seed], tags={"seed": str(seed), "picked_by": "val objective",
                                                                   "git_commit": git_commit(layout.root)})
             done.registered[arm] = f"{name}@{ALIAS} (v{version}, seed {seed})"
     return done.line(uri)

@@ -40,7 +40,8 @@ def _curves(runs: list[list[dict[str, float]]], key: str) -> tuple[np.ndarray, n
 def fig_effects(comparisons: list[Comparison], min_effect: float, path: Path, dpi: int) -> None:
     """Forest plot: each comparison's Δ with its simultaneous (Bonferroni) CI against the declared minimum effect."""
     fig, ax = plt.subplots(figsize=(7, 0.6 * max(2, len(comparisons)) + 1.2))
-    ax.axvspan(-min_effect, min_effect, color="gray", alpha=0.15, label=f"±min_effect ({min_effect:g} points)")
+    unit = "point" if min_effect == 1 else "points"
+    ax.axvspan(-min_effect, min_effect, color="gray", alpha=0.15, label=f"±min_effect ({min_effect:g} {unit})")
     ax.axvline(0, color="black", lw=0.8)
     for i, c in enumerate(comparisons):
         lo = c.low if np.isfinite(c.low) else c.diff

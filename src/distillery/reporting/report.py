@@ -7,6 +7,7 @@ distilled arms with their own tuned λ, τ), under `per_arm` each at its own stu
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -289,7 +290,9 @@ def build_report(layout: Layout, params: Params) -> Path:
         "arms": {arm: {"test_acc": inputs.evaluation[arm]["test_acc"], "hparams": inputs.best[arm].hparams}
                  for arm in inputs.arms},
     })
-    write_json(out / "headline.json", headline(comps, inputs.evaluation, inputs.arms, params.report.min_effect))
+    # in this order, not sorted: dvc exp show keeps the first columns when it must collapse some
+    write_text(out / "headline.json", json.dumps(headline(comps, inputs.evaluation, inputs.arms,
+                                                          params.report.min_effect), indent=2, ensure_ascii=False) + "\n")
     print(log_summary(layout, params, comps, inputs.evaluation, inputs.arms,
                       [md, out / "headline.json", out / "effects.json", fig_dir]))
     return md
