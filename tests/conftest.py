@@ -22,7 +22,7 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 
 # xdist (--dist loadfile) hands out whole files in collection order: the longest first, so that no
 # worker is left with a long file when the other has finished.
-LONGEST_FIRST = ("test_pipeline_e2e.py", "test_robustness.py", "test_profiles.py", "test_engines.py",
+LONGEST_FIRST = ("test_pipeline_e2e.py", "test_pipeline_kills.py", "test_robustness.py", "test_profiles.py", "test_engines.py",
                  "test_distributed.py")
 
 

@@ -1,165 +1,24 @@
-"""The real `dvc repro` on a tiny configuration, in a temporary copy of the repository."""
+"""The real `dvc repro` on a tiny configuration, in a temporary copy of the repository (pipeline_runs.py),
+then what a user does next: read its results, edit params and rerun, cut its lock short, run ablations."""
 
-import collections
-import csv
-import io
 import json
-import os
-import random
 import re
-import signal
 import subprocess
-import time
 from pathlib import Path
-from typing import NamedTuple
 
 import pytest
 import yaml
-from conftest import ROOT, copy_project, project_env, run_ok, running_runs
+from conftest import ROOT, run_ok
+from pipeline_runs import ARMS, MAKE_REPRO, STAGES, TINY, comparable_outputs, edited, lock_without_timings, ran, \
+    reference_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # the module fixture runs the whole pipeline
-
-ARMS = ("none", "control", "soft", "hard", "fake")
-STAGES = ("prepare", "teacher", "sweep@none", "sweep@control", "sweep_kd@soft", "sweep_kd@hard", "sweep_kd@fake",
-          "final@none", "final@control", "final_kd@soft", "final_kd@hard", "final_kd@fake", "seed_plan", "extra@none",
-          "extra@control", "extra_kd@soft", "extra_kd@hard", "extra_kd@fake", "evaluate", "report")
-TINY = {
-    "teacher.epochs": 3,
-    "student.epochs": 3,
-    "sweep.n_trials": 2,
-    "sweep.startup_trials": 1,
-    "sweep.objective_epochs": 1,
-    "sweep.prune_from_epoch": 3,
-    "final.seeds": [1, 2],
-    "final.max_seeds": 3,  # two pilot seeds cannot reach ±1: the plan adds seed 3 to every arm
-    "evaluate.throughput_repeats": 1,
-}
-
-
-# What `make repro` runs: repair DVC's files after a kill inside its own bookkeeping, then dvc repro.
-MAKE_REPRO = ["sh", "-c", "python -m distillery.core.dvc_state && exec dvc repro"]
-
-
-class Reproduced(NamedTuple):
-    dest: Path
-    env: dict
-    log: str
-    stage_seconds: dict  # stage -> wall seconds, from "Running stage" to the next
-    stage_epochs: dict  # stage -> epochs it trained (DISTILLERY_EPOCH_LOG lines)
-    snapshot: dict  # compared file -> its comparable bytes, taken right after the run
-    epochs: list  # one line per trained epoch (DISTILLERY_EPOCH_LOG)
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     """A copy of the project with its own git history and tiny params, reproduced once, uninterrupted."""
-    dest = fresh_project(tmp_path_factory.mktemp("e2e") / "repo")
-    env = project_env()
-    epochs = dest.parent / "epochs.log"
-    log, starts = repro_timeline(dest, {**env, "DISTILLERY_EPOCH_LOG": str(epochs)})
-    following = dict(zip(starts, list(starts)[1:]))  # stage -> the next stage, or "__end__"
-    seconds = {stage: starts[nxt][0] - starts[stage][0] for stage, nxt in following.items()}
-    trained = {stage: starts[nxt][1] - starts[stage][1] for stage, nxt in following.items()}
-    return Reproduced(dest, env, log, seconds, trained, comparable_outputs(dest), epochs.read_text().splitlines())
-
-
-def fresh_project(dest: Path) -> Path:
-    copy_project(dest, TINY)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
-        run_ok(cmd, dest)
-    return dest
-
-
-class Kill(NamedTuple):
-    """SIGKILL `seconds` after `stage` has trained `epochs` epochs (0: after it started)."""
-    stage: str
-    epochs: int
-    seconds: float
-
-
-def repro_timeline(dest: Path, env: dict, kill: Kill | None = None) -> tuple[str, dict]:
-    """What `make repro` runs, with the moment each stage starts (seconds) and the epochs trained before it
-    (lines of env's DISTILLERY_EPOCH_LOG). With `kill`: SIGKILL the whole process group at that point,
-    and return what it had printed."""
-    path = dest.parent / f"repro-{time.time_ns()}.log"
-    epoch_log = Path(env["DISTILLERY_EPOCH_LOG"]) if "DISTILLERY_EPOCH_LOG" in env else None
-
-    def epochs_so_far():
-        return len(epoch_log.read_text().splitlines()) if epoch_log and epoch_log.exists() else 0
-
-    with open(path, "w") as out:
-        proc = subprocess.Popen(MAKE_REPRO, cwd=dest, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    t0, starts, armed_at = time.monotonic(), {}, None
-    while True:
-        text = path.read_text(errors="replace")
-        for stage in re.findall(r"Running stage '([^']+)'", text):
-            starts.setdefault(stage, (time.monotonic() - t0, epochs_so_far()))
-        if kill and armed_at is None and kill.stage in starts and \
-                epochs_so_far() - starts[kill.stage][1] >= kill.epochs:
-            armed_at = time.monotonic()
-        if armed_at is not None and time.monotonic() >= armed_at + kill.seconds:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return path.read_text(errors="replace"), starts
-        if proc.poll() is not None:
-            break
-        time.sleep(0.02)
-    text = path.read_text(errors="replace")
-    assert proc.returncode == 0, f"dvc repro failed:\n{text[-3000:]}"
-    starts["__end__"] = (time.monotonic() - t0, epochs_so_far())  # with kill: the pipeline ended before it came
-    return text, starts
-
-
-# Timings and provenance differ between two runs of the same work; every other byte must not.
-NOT_COMPARED = ("metrics/throughput.json",)
-NOT_COMPARED_COLUMNS = ("epoch_seconds", "teacher_from_cache")
-
-
-def comparable_outputs(dest: Path) -> dict:
-    files = [*dest.glob("metrics/**/*.json"), *dest.glob("metrics/**/*.csv"), *dest.glob("sweeps/*/*.json"),
-             *dest.glob("sweeps/*/*.csv"), dest / "reports/effects.json"]
-    out = {}
-    for path in sorted(files):
-        rel = str(path.relative_to(dest))
-        if rel in NOT_COMPARED:
-            continue
-        data = path.read_text()
-        if path.suffix == ".csv" and rel.startswith("metrics/history/"):
-            rows = list(csv.reader(io.StringIO(data)))
-            keep = [i for i, name in enumerate(rows[0]) if name not in NOT_COMPARED_COLUMNS]
-            data = "\n".join(",".join(row[i] for i in keep) for row in rows)
-        out[rel] = data
-    return out
-
-
-def lock_without_timings(lock: bytes) -> dict:
-    """dvc.lock as data, without the hashes of the files a rerun times afresh (NOT_COMPARED, and the
-    report, which quotes the throughputs)."""
-    data = yaml.safe_load(lock)
-    for stage in data["stages"].values():
-        for entry in (*stage.get("deps", ()), *stage.get("outs", ())):
-            if entry["path"] in (*NOT_COMPARED, "reports/report.md"):
-                entry.pop("md5"), entry.pop("size")
-    return data
-
-
-def ran(log):
-    return {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")}
-
-
-def edited(dest, dotted, value):
-    """Write one params change; return a function that restores the file."""
-    path = dest / "params.yaml"
-    original = path.read_text()
-    raw = yaml.safe_load(original)
-    node = raw
-    *parents, last = dotted.split(".")
-    for key in parents:
-        node = node[key]
-    node[last] = value
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return lambda: path.write_text(original)
+    return reference_run(tmp_path_factory)
 
 
 def test_every_stage_ran_and_wrote_its_outputs(repo):
@@ -378,94 +237,6 @@ def test_the_teacher_runs_once_per_view_stream(repo):
         streams |= in_group
     on_disk = list((dest / "cache/teacher").glob("*/epoch_*.npy"))
     assert len(on_disk) == len(streams) * TINY["student.epochs"]
-
-
-# sweep@control trains nothing under sweep.recipe: shared (it records none's recipe): not a sweep kill point
-KINDS = {"prepare": ["prepare"], "teacher": ["teacher"], "sweep": ["sweep@none"],
-         "sweep_kd": ["sweep_kd@soft", "sweep_kd@hard"], "final": ["final@none", "final@control"],
-         "final_kd": ["final_kd@soft", "final_kd@hard"], "seed_plan": ["seed_plan"],
-         "extra": ["extra@none", "extra@control"], "extra_kd": ["extra_kd@soft", "extra_kd@hard"],
-         "evaluate": ["evaluate"], "report": ["report"]}
-
-
-def test_killed_anywhere_it_ends_byte_identical_and_redoes_at_most_one_epoch_per_kill(repo, tmp_path,
-                                                                                    record_property):
-    """SIGKILL `dvc repro` (its whole process group) once in every stage kind, at a moment drawn from a
-    seeded generator, rerun after each kill, then compare every result file with the uninterrupted run's
-    and count the epochs trained twice.
-
-    Moments are counted in epochs, not seconds: under load a stage can run faster than in the reference
-    run, and a kill timed in seconds then landed in the next stage (CI, with two test workers). Teacher,
-    sweep and final kills come after epoch 1..E-1 of the stage's E, plus up to 0.5 s: inside the stage
-    for sure, at times while it writes a checkpoint. The distilled arms' kills come after the stage's last epoch,
-    while it writes its outputs or DVC stores them. Stages without epochs: a fraction of their time.
-
-    Where such a moment can land, and why none of them can fail this test (none is excluded):
-    - in a stage's process: every file it writes is renamed into place whole (core/files.py), training
-      resumes from the checkpoint of the last epoch, finished runs are restored from checkpoints/finished/,
-      and the next stage marks the killed MLflow runs KILLED;
-    - in DVC between stages (hashing, storing outputs in its cache and run cache, which it renames into
-      place): the next DVC redoes what it did not record;
-    - in DVC's in-place rewrite of dvc.lock or .dvc/tmp/rwlock: the repair step of `make repro`, which
-      this test runs before each rerun, restores the lock copy of the last stage's start or removes the
-      rwlock (core/dvc_state.py); a lock cut where DVC still reads it reruns the stages it lacks, which
-      restore their finished work; test_a_lock_cut_short_... makes each of these cuts on purpose;
-    - in DVC appending to a .gitignore: it appends the entry again on a line of its own;
-    - in the repair step itself: the lock it restores is renamed into place whole."""
-    rng = random.Random(20261126)
-
-    def moment(kind, stage):
-        trained = repo.stage_epochs[stage]
-        if kind in ("teacher", "sweep", "final", "extra") and trained > 1:
-            return Kill(stage, rng.randint(1, trained - 1), rng.uniform(0.0, 0.5))
-        if trained:
-            return Kill(stage, trained, rng.uniform(0.0, 1.0))
-        # late: the first seconds of a stage are Python importing torch, where a kill is least interesting
-        return Kill(stage, 0, rng.uniform(0.4, 0.95) * repo.stage_seconds[stage])
-
-    plan = [moment(kind, rng.choice(stages)) for kind, stages in KINDS.items()]  # pipeline order
-    dest = fresh_project(tmp_path / "repo")
-    epochs = tmp_path / "epochs.log"
-    env = {**repo.env, "DISTILLERY_EPOCH_LOG": str(epochs)}
-    kills = []
-
-    def trained_so_far():
-        return epochs.read_text().splitlines() if epochs.exists() else []
-
-    def redone_since(count):  # epochs the attempt that began at line `count` trained a second time
-        done = trained_so_far()
-        return len(collections.Counter(done[count:]) & collections.Counter(done[:count]))
-
-    for kill in plan:
-        log, starts = repro_timeline(dest, env, kill)
-        if kills:  # this attempt resumed after the previous kill: charge its repeats to that kill
-            kills[-1][-1] = redone_since(kills[-1][-2])
-        if "__end__" in starts:  # the rest of the pipeline finished within those seconds: no kill this time
-            continue
-        running = re.findall(r"Running stage '([^']+)'", log)
-        lines = [line.strip() for line in log.replace("\r", "\n").splitlines() if line.strip()]
-        kills.append([kill.stage, f"{kill.epochs} ep + {kill.seconds:.2f} s",
-                      running[-1] if running else "(before any stage)", lines[-1][:90],
-                      len(trained_so_far()), 0])
-    repro_timeline(dest, env)  # rerun to the end, uninterrupted
-    if kills:
-        kills[-1][-1] = redone_since(kills[-1][-2])
-    trained = trained_so_far()
-    redone = sorted((collections.Counter(trained) - collections.Counter(repo.epochs)).elements())
-    record_property("shown_in_summary", "\n".join([  # in every `make test` log, passing or not (conftest.py)
-        "kill points (planned stage | after its epochs + seconds | stage running | last output line | "
-        "epochs trained before the kill | epochs the next attempt trained twice):",
-        *("   | " + " | ".join(map(str, kill)) for kill in kills),
-        f"epochs: uninterrupted {len(repo.epochs)}, with kills {len(trained)}, trained twice {len(redone)}: "
-        f"{redone}"]))
-    assert len(kills) >= 5, kills
-    assert {k[2].split("@")[0] for k in kills} >= {"teacher", "sweep", "final"}, kills  # every training stage kind
-    assert len(redone) <= len(kills) and all(k[-1] <= 1 for k in kills), (redone, kills)
-    assert running_runs(dest) == []  # each killed stage's MLflow runs were closed as KILLED by the next
-    after = comparable_outputs(dest)
-    assert set(after) == set(repo.snapshot)
-    differing = [rel for rel in after if after[rel] != repo.snapshot[rel]]
-    assert not differing, (differing, kills)
 
 
 def test_second_repro_reruns_nothing(repo):
