@@ -30,7 +30,8 @@ def spec(kind, drop_path):
 
 def loss_of(kind, alpha, tau):
     return {"none": DistillLoss("none"), "control": DistillLoss("control", 0.5),
-            "soft": DistillLoss("soft", alpha, tau), "hard": DistillLoss("hard", alpha)}[kind]
+            "soft": DistillLoss("soft", alpha, tau), "hard": DistillLoss("hard", alpha),
+            "fake": DistillLoss("fake", alpha, tau)}[kind]
 
 
 # each member its own seed, view seed, lr, weight decay, drop path, mixing, λ and τ
@@ -71,7 +72,7 @@ def max_diff(a, b):
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-@pytest.mark.parametrize("kind", ["none", "control", "soft", "hard"])
+@pytest.mark.parametrize("kind", ["none", "control", "soft", "hard", "fake"])
 def test_a_fused_member_ends_where_it_ends_alone(kind, data, teacher):
     t = teacher if kind in ("soft", "hard") else None
     alone = []
