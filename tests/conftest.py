@@ -45,13 +45,17 @@ def copy_project(dest: Path, overrides: dict) -> Path:
             shutil.copy2(src, dest / rel)
     raw = yaml.safe_load((dest / "params.yaml").read_text())
     for dotted, value in overrides.items():
-        node = raw
-        *parents, last = dotted.split(".")
-        for key in parents:
-            node = node[key]
-        node[last] = value
+        set_dotted(raw, dotted, value)
     (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     return dest
+
+
+def set_dotted(raw: dict, dotted: str, value) -> None:
+    """raw["a"]["b"] = value for dotted "a.b" (params.yaml as loaded)."""
+    *parents, last = dotted.split(".")
+    for key in parents:
+        raw = raw[key]
+    raw[last] = value
 
 
 def project_env() -> dict:

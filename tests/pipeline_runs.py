@@ -45,7 +45,6 @@ class Reproduced(NamedTuple):
     dest: Path
     env: dict
     log: str
-    stage_seconds: dict  # stage -> wall seconds, from "Running stage" to the next
     stage_epochs: dict  # stage -> epochs it trained (DISTILLERY_EPOCH_LOG lines)
     snapshot: dict  # compared file -> its comparable bytes, taken right after the run
     epochs: list  # one line per trained epoch (DISTILLERY_EPOCH_LOG)
@@ -136,20 +135,6 @@ def ran(log):
     return {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")}
 
 
-def edited(dest, dotted, value):
-    """Write one params change; return a function that restores the file."""
-    path = dest / "params.yaml"
-    original = path.read_text()
-    raw = yaml.safe_load(original)
-    node = raw
-    *parents, last = dotted.split(".")
-    for key in parents:
-        node = node[key]
-    node[last] = value
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return lambda: path.write_text(original)
-
-
 def reference_run(tmp_path_factory) -> Reproduced:
     """The uninterrupted tiny run, made once per test session whichever worker asks first."""
     base = tmp_path_factory.getbasetemp()
@@ -169,6 +154,5 @@ def _reproduce(dest: Path) -> Reproduced:
     epochs = dest.parent / "epochs.log"
     log, starts = repro_timeline(dest, {**env, "DISTILLERY_EPOCH_LOG": str(epochs)})
     following = dict(zip(starts, list(starts)[1:]))  # stage -> the next stage, or "__end__"
-    seconds = {stage: starts[nxt][0] - starts[stage][0] for stage, nxt in following.items()}
     trained = {stage: starts[nxt][1] - starts[stage][1] for stage, nxt in following.items()}
-    return Reproduced(dest, env, log, seconds, trained, comparable_outputs(dest), epochs.read_text().splitlines())
+    return Reproduced(dest, env, log, trained, comparable_outputs(dest), epochs.read_text().splitlines())

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import set_dotted
 
 from distillery.core.config import Params, load_params, parse_params
 from distillery.training.models import check_model_names
@@ -24,11 +25,7 @@ def test_empty_params_give_defaults():
 
 def with_value(dotted, value):
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    node = raw
-    *parents, last = dotted.split(".")
-    for key in parents:
-        node = node[key]
-    node[last] = value
+    set_dotted(raw, dotted, value)
     return raw
 
 

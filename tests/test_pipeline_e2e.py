@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, run_ok
-from pipeline_runs import ARMS, MAKE_REPRO, STAGES, TINY, comparable_outputs, edited, lock_without_timings, ran, \
-    reference_run
+from conftest import ROOT, run_ok, set_dotted
+from pipeline_runs import ARMS, MAKE_REPRO, STAGES, TINY, comparable_outputs, lock_without_timings, ran, reference_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # the module fixture runs the whole pipeline
 
@@ -19,6 +18,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # the module fixture
 def repo(tmp_path_factory):
     """A copy of the project with its own git history and tiny params, reproduced once, uninterrupted."""
     return reference_run(tmp_path_factory)
+
+
+def edited(dest, dotted, value):
+    """Write one params change; return a function that restores the file."""
+    path = dest / "params.yaml"
+    original = path.read_text()
+    raw = yaml.safe_load(original)
+    set_dotted(raw, dotted, value)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return lambda: path.write_text(original)
 
 
 def test_every_stage_ran_and_wrote_its_outputs(repo):
