@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: repro repair test test-fast venv clean-outputs profile
+.PHONY: repro repair test test-fast venv clean-outputs profile reproduce
 
 venv: $(STAMP)
 
@@ -20,6 +20,11 @@ repro: repair
 
 repair: $(STAMP)
 	$(BIN)/python -m distillery.core.dvc_state
+
+# Rerun the committed params on a fresh clone (another floating-point path by default) and compare its
+# verdicts and intervals with the committed report: reports/reproduced.md. ARGS="--float-path same" keeps the path.
+reproduce: $(STAMP)
+	$(BIN)/python -m distillery.reproduce $(ARGS)
 
 # A whole recipe at once: make profile NAME=photos-small SET="data.path=/my/photos" (profiles/*.yaml)
 profile: $(STAMP)

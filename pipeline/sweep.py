@@ -24,6 +24,7 @@ from distillery.core.tracking import base_tags, setup_tracking, start_run
 from distillery.tuning.objective import make_batch_objective, make_objective, trial_checkpoints
 from distillery.tuning.studies import (arm_sampler_for, open_arm_study, param_importance, run_shared_study, run_study,
                                       snapshot_study, study_name, suggest_space, summarize_study)
+from distillery.tuning.warm_start import conditions, digest, warm_file, warm_start
 from distillery.tuning.workers import run_workers
 
 
@@ -48,16 +49,21 @@ def body(ctx: StageContext) -> str:
     space = search_space(p, arm.name, recipe)
     # hashed once: the data hash reads every training and val image
     identity = (data.fingerprint(), state_digest(teacher) if teacher is not None else None)
+    warm_path = warm_file(layout.root, p.sweep.warm_start, arm.name)
     fingerprint = {  # n_trials is left out: it is a stopping rule, raising it continues the same study
         "arm": arm.name, "budget": {k: v for k, v in budget.items() if k != "n_trials"},
         "space": {k: v.model_dump() for k, v in space.items()},
         "kl_reduction": p.distill.soft.kl_reduction if arm.name in ("soft", "fake") else None,
         "student": p.student.model_dump(), "train": p.train.identity(), "augment": p.augment.model_dump(),
         "teacher": identity[1], "data": identity[0],
+        **({"warm_start": digest(warm_path)} if warm_path is not None else {}),  # other committed trials: another study
     }
     out_dir = layout.sweep_dir(arm.name)
     name = study_name(arm.name, fingerprint)
     study = open_arm_study(out_dir / "study.db", name, budget, p.sweep)
+    n_warm, warm_line = warm_start(study, warm_path, space, p.student.epochs, recipe,
+                                   conditions(p, data, arm.name))
+    cap = n_warm + budget["n_trials"]  # sweep.n_trials new trials on top of the committed ones
     tags = base_tags(layout, p, arm.stage("sweep"), arm=arm.name, model_kind="sweep_trial")
 
     def objective(batched=False):  # built where trials run: a coordinator of sweep.workers runs none
@@ -78,9 +84,9 @@ def body(ctx: StageContext) -> str:
                         torch.cuda.device_count(), out_dir / "workers")
             result = summarize_study(study)
         elif p.sweep.storage:
-            result = run_shared_study(study, objective(), budget["n_trials"])
+            result = run_shared_study(study, objective(), cap)
         else:
-            result = run_study(study, None, budget["n_trials"], lock_path=out_dir / "study.lock",
+            result = run_study(study, None, cap, lock_path=out_dir / "study.lock",
                                sampler_for=arm_sampler_for(budget), batch_objective=objective(batched=True),
                                batch=fused, draw=lambda trial: suggest_space(trial, space))
         if ctx.args.worker:
@@ -90,7 +96,7 @@ def body(ctx: StageContext) -> str:
         mlflow.log_metrics({"best_objective": result.best["objective"], "n_trials": len(result.trials)})
     if p.sweep.storage:  # a local SQLite copy of the shared study: DVC's output, and readable offline
         snapshot_study(name, p.sweep.storage, out_dir / "study.db")
-    best = Best(arm=arm.name, study_name=name, epochs=p.student.epochs, **result.best,
+    best = Best(arm=arm.name, study_name=name, epochs=p.student.epochs, n_warm=n_warm, **result.best,
                 recipe_from=p.sweep.recipe_arm if recipe is not None else None)
     best.save(layout.best(arm.name))
     write_json(out_dir / "importance.json", param_importance(study))
@@ -98,7 +104,8 @@ def body(ctx: StageContext) -> str:
     for path in trial_checkpoints(layout.checkpoint(arm.name).parent, arm.name):  # the study holds the trials now
         path.unlink(missing_ok=True)
     hp = ", ".join(f"{k}={v:.3g}" for k, v in best.hparams.items())
-    return f"{arm.name}: best trial #{best.trial} ({hp}), val objective {best.objective:.4f} over {len(result.trials)} trials"
+    return (f"{arm.name}: best trial #{best.trial} ({hp}), val objective {best.objective:.4f} over {len(result.trials)} "
+            f"trials ({warm_line})")
 
 
 TRIAL_COLUMNS = ("number", "state", "value", "epochs_run")

@@ -31,7 +31,10 @@ TINY = {
     "sweep.startup_trials": 1,
     "sweep.objective_epochs": 1,
     "sweep.prune_from_epoch": 3,
+    "arms.with_teacher": ["soft", "hard", "fake"],  # every arm end to end (the default leaves fake to a profile)
     "final.seeds": [1, 2],
+    "final.primary_seeds": 2,
+    "final.extend": "all",
     "final.max_seeds": 3,  # two pilot seeds cannot reach ±1: the plan adds seed 3 to every arm
     "evaluate.throughput_repeats": 1,
 }

@@ -81,9 +81,21 @@ def test_the_recipe_arm_must_be_one_that_runs():
     from distillery.core.errors import ConfigError
 
     with pytest.raises((ConfigError, ValueError), match="sweep.recipe_arm=none is not in arms.without_teacher"):
-        parse({"arms": {"without_teacher": ["control"], "with_teacher": ["hard"]}})
-    assert parse({"arms": {"without_teacher": ["control"], "with_teacher": ["hard"]},
+        parse({"arms": {"without_teacher": ["control"], "with_teacher": ["hard"]}, "report": {"primary": None}})
+    assert parse({"arms": {"without_teacher": ["control"], "with_teacher": ["hard"]}, "report": {"primary": None},
                   "sweep": {"recipe_arm": "control"}}).sweep.recipe_arm == "control"
+
+
+def test_the_primary_comparison_must_be_one_the_arms_make():
+    from distillery.core.config import parse_params as parse
+    from distillery.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="report.primary=soft-control needs arm soft"):
+        parse({"arms": {"with_teacher": ["hard"]}})
+    with pytest.raises(ConfigError, match="report.primary='soft-teacher' is not a comparison; allowed: soft-control"):
+        parse({"report": {"primary": "soft-teacher"}})
+    assert parse({"arms": {"with_teacher": ["hard"]}, "report": {"primary": "hard-none"}}).report.primary_pair == \
+        ("hard", "none")
 
 
 @pytest.mark.parametrize("profile", ["digits", "photos-small", "keras-flowers", "definitive"])
@@ -177,5 +189,30 @@ def test_the_fake_arm_is_soft_s_study_and_loss_with_the_labels_as_teacher():
     assert (loss.kind, loss.alpha, loss.tau, loss.kl_reduction) == ("fake", 0.5, 2.0, PARAMS.distill.soft.kl_reduction)
     assert run.spec.name == PARAMS.student.model and not run.uses_teacher
     assert ARMS["fake"].stage("sweep") == "sweep_kd@fake" and ARMS["control"].stage("final") == "final@control"
-    assert comparison_pairs(PARAMS.arms.all)[-1] == ("soft", "fake")
-    assert ("hard", "fake") not in comparison_pairs(PARAMS.arms.all)
+    five = [*PARAMS.arms.all, "fake"]
+    assert comparison_pairs(five)[-1] == ("soft", "fake") and comparison_pairs(five)[0] == ("soft", "control")
+    assert ("hard", "fake") not in comparison_pairs(five)
+
+
+def test_common_random_numbers_are_really_shared_by_the_paired_arms_of_one_seed():
+    """Seed s of control and of soft (the primary's two arms, one architecture) start from identical weights,
+    see the same view stream and draw the same drop-path masks; the plain ViT shares the views. Another seed
+    changes all of them."""
+    import torch
+
+    from distillery.training.droppath import epoch_masks
+
+    data = toy_data(size=8)
+    best = Best(arm="soft", study_name="x", trial=0, objective=0.9, hparams=HP, n_trials=1, n_complete=1, n_pruned=0,
+                epochs=2)
+    runs = {arm: final_run(PARAMS, arm, data, best, 3) for arm in ("none", "control", "soft")}
+    control, soft = (runs[a].spec.build(runs[a].seed).state_dict() for a in ("control", "soft"))
+    assert control.keys() == soft.keys() and all(torch.equal(control[k], soft[k]) for k in control)
+    assert len({r.recipe.view_seed for r in runs.values()}) == 1 and runs["soft"].recipe.seed == runs["control"].recipe.seed
+    rates = torch.full((2,), HP["drop_path"])
+    assert torch.equal(epoch_masks(runs["soft"].recipe.seed, 0, 5, 8, rates),
+                       epoch_masks(runs["control"].recipe.seed, 0, 5, 8, rates))
+    other = final_run(PARAMS, "soft", data, best, 4)
+    assert other.recipe.view_seed != runs["soft"].recipe.view_seed
+    assert not torch.equal(other.spec.build(other.seed).state_dict()["pos_embed"], soft["pos_embed"])
+    assert not torch.equal(epoch_masks(4, 0, 5, 8, rates), epoch_masks(3, 0, 5, 8, rates))

@@ -62,7 +62,7 @@ CASES = [
     ("epochs written as a word", "prepare", replace("  epochs: 30 ", "  epochs: thirty "), None, "student.epochs"),
     ("a key in the wrong section", "prepare", replace("  batch_size: 32", "  batch_size: 32\n  epochs: 3"), None,
      "train.epochs"),
-    ("an arm that does not exist", "prepare", replace("with_teacher: [soft, hard, fake]", "with_teacher: [soft, medium]"),
+    ("an arm that does not exist", "prepare", replace("with_teacher: [soft, hard]", "with_teacher: [soft, medium]"),
      None, "arms.with_teacher"),
     ("a folder source without a path", "prepare", replace("source: digits", "source: folder"), None, "data.path"),
     ("a key written twice", "prepare", replace("source: digits", "source: folder\n  path: my_fotos"), None,

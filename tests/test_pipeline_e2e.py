@@ -398,3 +398,39 @@ def test_dvc_exp_show_fits_a_screen_and_dvc_plots_render(repo, tmp_path):
     finally:
         (dest / "params.yaml").write_text(original)
         run_ok(["dvc", "repro"], dest, env)
+
+
+def test_the_primary_comparison_leads_and_the_reproduce_check_compares_runs(repo):
+    """report.primary comes first with role primary at the full alpha; `python -m distillery.reproduce
+    --effects` accepts the run against itself and flags a perturbed copy whose Δ moved past the Welch bound."""
+    dest = repo.dest
+    effects = json.loads((dest / "reports/effects.json").read_text())
+    first, *rest = effects["comparisons"].items()
+    assert first[0] == "soft-control" and first[1]["role"] == "primary" and first[1]["level"] == pytest.approx(0.95)
+    assert {c["role"] for _, c in rest} == {"secondary"}
+    headline = json.loads((dest / "reports/headline.json").read_text())
+    assert list(headline)[0] == "soft-control"
+    assert all(v.endswith("unsized") for k, v in headline.items() if "-" in k)  # 3 seeds cannot reach ±1
+    report = (dest / "reports/report.md").read_text()
+    assert "**Primary comparison**" in report and "P(same verdict on a rerun)" in report
+    same = subprocess.run(["python", "-m", "distillery.reproduce", "--effects", "reports/effects.json", "--out",
+                           str(dest.parent / "same.md")], cwd=dest, env=repo.env, capture_output=True, text=True)
+    assert same.returncode == 0, same.stderr
+    assert "Verdicts: all the same" in (dest.parent / "same.md").read_text()
+    moved = json.loads((dest / "reports/effects.json").read_text())
+    c = moved["comparisons"]["soft-control"]
+    shift = 10 * (c["precision"]["sd_test"] + 1.0)
+    c.update(diff=c["diff"] + shift, low=c["low"] + shift, high=c["high"] + shift, verdict="helped by more than 1 point")
+    (dest.parent / "moved.json").write_text(json.dumps(moved))
+    out = subprocess.run(["python", "-m", "distillery.reproduce", "--effects", str(dest.parent / "moved.json"), "--out",
+                          str(dest.parent / "moved.md")], cwd=dest, env=repo.env, capture_output=True, text=True)
+    table = (dest.parent / "moved.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| soft-control"))
+    assert " > " in row and "| no |" in row  # Δ past the Welch bound, intervals apart
+    assert out.returncode == (0 if first[1]["verdict"] == "helped by more than 1 point" else 1)
+
+
+def test_a_study_starts_cold_where_the_committed_trials_ran_under_other_conditions(repo):
+    """The tiny run trains 3 epochs: the committed warm-start trials (30 epochs, the default) do not apply."""
+    assert re.search(r"sweep: none: .*cold start: .*none\.csv not used \(its trials ran under other [a-z_, ]*epochs",
+                     repo.log), repo.log[-3000:]

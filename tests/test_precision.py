@@ -85,8 +85,8 @@ def _val_predictions(rng, seeds, n, p_correct):
 def test_the_plan_asks_more_seeds_for_noisier_comparisons_and_respects_the_cap():
     rng = np.random.default_rng(2)
     pilot = list(range(1, 31))  # the model part's estimate is noisy: a pilot this large makes the test sure
-    params = parse_params({"final": {"seeds": pilot, "max_seeds": 40}, "report": {"target_halfwidth": 0.5},
-                           "arms": {"with_teacher": ["soft", "hard"]}})
+    params = parse_params({"final": {"seeds": pilot, "max_seeds": 40, "extend": "all"},
+                           "report": {"target_halfwidth": 0.5, "primary": None}, "arms": {"with_teacher": ["soft", "hard"]}})
     preds = {arm: _val_predictions(rng, pilot, 300, p) for arm, p in
              {"none": 0.97, "control": 0.97, "soft": 0.97, "hard": 0.5}.items()}
     plan = plan_seeds(params, preds, test_images=1200)
@@ -105,8 +105,8 @@ def test_the_seed_plan_stage_never_reads_the_test_split(tmp_path):
     """The stage runs in a project holding no prepared data at all: only val predictions and the split sizes."""
     rng = np.random.default_rng(3)
     (tmp_path / "metrics" / "val_predictions").mkdir(parents=True)
-    for arm in ("none", "control", "soft", "hard", "fake"):
-        _val_predictions(rng, [1, 2, 3], 200, 0.9).to_csv(tmp_path / "metrics" / "val_predictions" / f"{arm}.csv",
+    for arm in ("none", "control", "soft", "hard"):
+        _val_predictions(rng, [1, 2, 3, 4], 200, 0.9).to_csv(tmp_path / "metrics" / "val_predictions" / f"{arm}.csv",
                                                           index=False)
     (tmp_path / "metrics" / "data.json").write_text(json.dumps({"counts": {"train": 1, "val": 200, "test": 400}}))
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
@@ -116,7 +116,8 @@ def test_the_seed_plan_stage_never_reads_the_test_split(tmp_path):
     assert not (tmp_path / "data").exists()
     plan = json.loads((tmp_path / "metrics" / "seed_plan.json").read_text())
     assert plan["test_images"] == 400 and plan["val_images"] == 200
-    assert all(a["seeds"] <= 5 for a in plan["arms"].values())
+    # the default: the primary's arms run final.primary_seeds, the others only the pilot
+    assert {arm: a["seeds"] for arm, a in plan["arms"].items()} == {"none": 4, "control": 20, "soft": 20, "hard": 4}
 
 
 def _probit_population(rng, theta_a, theta_b, sd_ease, sd_gap, sd_seed, size=400_000):
@@ -171,3 +172,38 @@ def test_recipe_tuning_luck_leaves_the_same_recipe_interval_alone_and_breaks_bes
         assert 0.93 <= covered / reps <= 0.97
     else:
         assert covered / reps < 0.75
+
+
+def test_the_primary_gets_its_declared_seeds_and_level_and_the_secondaries_keep_the_pilot():
+    rng = np.random.default_rng(5)
+    pilot = [1, 2, 3, 4]
+    params = parse_params({"final": {"seeds": pilot, "primary_seeds": 12, "max_seeds": 30}})
+    preds = {arm: _val_predictions(rng, pilot, 300, q) for arm, q in
+             {"none": 0.9, "control": 0.9, "soft": 0.9, "hard": 0.6}.items()}
+    plan = plan_seeds(params, preds, test_images=300)
+    c = plan["comparisons"]
+    assert plan["levels"]["soft-control"] == pytest.approx(0.95)  # the primary alone at the full alpha
+    assert plan["levels"]["hard-none"] == pytest.approx(1 - 0.05 / 3)  # three secondaries, simultaneous
+    assert c["soft-control"]["role"] == "primary" and c["hard-none"]["role"] == "secondary"
+    soft_control = max(12, min(c["soft-control"]["seeds_needed"], 30))
+    assert plan["arms"]["soft"]["seeds"] == plan["arms"]["control"]["seeds"] == soft_control
+    assert plan["arms"]["none"]["seeds"] == plan["arms"]["hard"]["seeds"] == 4  # noisy hard is not extended
+    assert c["hard-none"]["seeds_needed"] > 4 and c["hard-none"]["seeds_planned"] == 4
+    assert c["soft-none"]["seeds_planned"] == 4  # pairs exist only where both arms ran
+    assert plan["arms"]["soft"]["extra_seeds"] == list(range(5, soft_control + 1))
+
+
+def test_without_common_random_numbers_the_paired_sd_is_the_unpaired_one():
+    """unpaired_sd pairs seed s with s+1: on arms whose per-seed scores move together it is far above the paired SD."""
+    from distillery.reporting.seed_plan import unpaired_sd
+
+    rng = np.random.default_rng(7)
+    seeds = list(range(1, 9))
+    y = np.arange(400) % 10
+    base = {s: rng.random(400) for s in seeds}
+    skill = {s: 0.6 + 0.3 * rng.random() for s in seeds}  # a seed's luck, shared by both arms (CRN)
+    a = pd.DataFrame({"label": y, **{f"seed_{s}": np.where(base[s] < skill[s], y, (y + 1) % 10) for s in seeds}})
+    b = pd.DataFrame({"label": y, **{f"seed_{s}": np.where(base[s] < skill[s] - 0.02, y, (y + 1) % 10) for s in seeds}})
+    paired = np.std([100 * ((a[f"seed_{s}"] == y).mean() - (b[f"seed_{s}"] == y).mean()) for s in seeds], ddof=1)
+    assert paired < 1.5 and unpaired_sd(a, b, seeds) > 4 * paired
+    assert unpaired_sd(a, b, seeds[:2]) is None

@@ -12,7 +12,7 @@ from distillery.core.config import Params, load_params
 from distillery.core.errors import ConfigError
 from distillery.profiles import apply_profile, available, parse_overrides, profile_values
 
-PROFILES = ("digits", "keras-flowers", "photos-small", "definitive", "patient")
+PROFILES = ("digits", "keras-flowers", "photos-small", "definitive", "patient", "ablations")
 
 
 def test_the_shipped_profiles_are_listed():
@@ -95,7 +95,7 @@ def test_keras_flowers_shrunk_runs_end_to_end_fine_tuning_a_resnet_from_a_file(t
     save_file(timm.create_model("resnet18", num_classes=1000).state_dict(), str(weights))
     dest, log = shrunk_repro(tmp_path, "keras-flowers", {
         "teacher.model": "resnet18", "teacher.pretrained": str(weights), "augment.translate": 2,
-        "arms.without_teacher": ["none"], "arms.with_teacher": ["soft"]})
+        "arms.without_teacher": ["none"], "arms.with_teacher": ["soft"], "report.primary": "soft-none"})
     params = yaml.safe_load((dest / "params.yaml").read_text())
     assert params["student"]["embed_dim"] == 192 and params["student"]["patch_size"] == 16  # the profile's
     assert "1000 classes" in log and "re-initialised" in log  # ImageNet head replaced by a 3-class one
@@ -111,7 +111,8 @@ def test_keras_flowers_shrunk_runs_end_to_end_fine_tuning_a_resnet_from_a_file(t
 def test_photos_small_shrunk_runs_end_to_end_streaming_random_resized_crops(tmp_path):
     dest, log = shrunk_repro(tmp_path, "photos-small", {
         "teacher.pretrained": False, "train.device_cache": "off",
-        "arms.without_teacher": ["control"], "arms.with_teacher": ["hard"], "sweep.recipe_arm": "control"})
+        "arms.without_teacher": ["control"], "arms.with_teacher": ["hard"], "sweep.recipe_arm": "control",
+        "report.primary": "hard-control"})
     params = yaml.safe_load((dest / "params.yaml").read_text())
     assert params["augment"]["random_resized_crop"] is True and params["student"]["patch_size"] == 8
     assert "streaming training batches from the prepared memory map (train.device_cache: off)" in log

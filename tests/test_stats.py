@@ -141,3 +141,73 @@ def test_expected_best_by_hand():
 def test_verdicts_say_point_or_points():
     assert verdict_for(2.5, 3.0, 2.0) == "helped by more than 2 points"
     assert verdict_for(0.2, 0.9, 0.5) == "helped (gain may be under 0.5 points)"
+
+
+# ---------------------------------------------------------------- primary comparison and gatekeeping
+def _acc_from_differences(d_by_arm: dict[str, np.ndarray]) -> dict[str, dict[int, float]]:
+    """Per-seed accuracies whose paired differences against the reference `ref` are d (points)."""
+    n = len(next(iter(d_by_arm.values())))
+    acc = {"ref": {s: 0.5 for s in range(n)}}
+    acc.update({arm: {s: 0.5 + d[s] / 100 for s in range(n)} for arm, d in d_by_arm.items()})
+    return acc
+
+
+def test_the_primary_is_tested_alone_at_full_alpha_and_secondaries_only_behind_it():
+    d = {"p": np.array([2.0, 3.0, 2.5, 3.5, 2.8]), "s": np.array([1.0, -1.0, 0.5, 2.0, -0.5])}
+    comps = compare_arms(_acc_from_differences(d), [("s", "ref"), ("p", "ref")], 1.0, 0.05, ("p", "ref"), 1.0)
+    assert [(k.arm, k.role) for k in comps] == [("p", "primary"), ("s", "secondary")]  # primary first
+    p = comps[0]
+    mean, low, high = t_interval(d["p"], 0.95)
+    assert p.level == pytest.approx(0.95) and (p.low, p.high) == (pytest.approx(low), pytest.approx(high))
+    assert p.p_holm == p.p_value and p.verdict == "helped by more than 1 point"
+    assert p.sized is ((high - low) / 2 <= 1.0)
+    failing = {"p": np.array([1.0, -1.0, 0.5, 2.0, -0.5]), "s": np.array([5.0, 5.1, 4.9, 5.0, 5.2])}
+    gated = compare_arms(_acc_from_differences(failing), [("p", "ref"), ("s", "ref")], 1.0, 0.05, ("p", "ref"))
+    assert gated[0].verdict == "inconclusive"
+    assert gated[1].verdict.startswith("not tested") and gated[1].p_holm == 1.0  # s is huge, but the gate is shut
+    assert math.isfinite(gated[1].low)  # its interval is still there, as description
+
+
+def test_without_a_primary_every_comparison_is_one_holm_family():
+    d = {"a": np.array([2.0, 3.0, 2.5]), "b": np.array([1.0, 1.5, 0.5])}
+    one = compare_arms(_acc_from_differences(d), [("a", "ref"), ("b", "ref")], 1.0, 0.05)
+    assert {k.role for k in one} == {"family"} and one[0].level == pytest.approx(0.975)
+    assert compare_arms(_acc_from_differences(d), [("a", "ref"), ("b", "ref")], 1.0, 0.05, ("c", "ref"))[0].role == "family"
+
+
+@pytest.mark.parametrize("effects", [
+    {"p": 0.0, "s1": 0.0, "s2": 0.0, "s3": 0.0},  # global null: only the gate protects the secondaries
+    {"p": 3.0, "s1": 0.0, "s2": 0.0, "s3": 0.0},  # the gate opens for real: the Holm family spends alpha
+    {"p": 3.0, "s1": 2.0, "s2": 0.0, "s3": -2.0},  # mixed
+    {"p": 0.0, "s1": 3.0, "s2": 3.0, "s3": 0.0},  # null primary, real secondaries: must stay untested mostly
+])
+def test_gatekeeping_holds_the_family_wise_error_on_synthetic_runs(effects):
+    """Over many simulated runs with known effects, the share with any false helped/hurt claim (a claim of
+    a sign where Δ = 0, or the wrong sign) is at most alpha, up to Monte Carlo error."""
+    rng = np.random.default_rng(11)
+    alpha, n, runs, sd = 0.05, 8, 3000, 2.0
+    pairs = [(arm, "ref") for arm in effects]
+    bad = 0
+    for _ in range(runs):
+        d = {arm: rng.normal(mu, sd, n) for arm, mu in effects.items()}
+        comps = compare_arms(_acc_from_differences(d), pairs, 1.0, alpha, ("p", "ref"))
+        for k in comps:
+            if k.verdict.startswith(("not tested", "inconclusive", "no effect")) or k.low <= 0 <= k.high:
+                continue
+            claimed = 1 if k.low > 0 else -1
+            if np.sign(effects[k.arm]) != claimed:
+                bad += 1
+                break
+    assert bad / runs <= alpha + 2.6 * math.sqrt(alpha * (1 - alpha) / runs)
+
+
+def test_replication_halfwidth_and_verdict_stability():
+    from distillery.reporting.stats import replication_halfwidth, verdict_stability
+
+    assert replication_halfwidth(2.0, 8) == pytest.approx(2.364624 * 2.0 * math.sqrt(2 / 8), rel=1e-5)
+    assert math.isinf(replication_halfwidth(2.0, 1))
+    # far from every boundary: every rerun says the same; on a boundary: about half of them
+    assert verdict_stability(5.0, 0.5, 10, 0.95, 1.0) == 1.0
+    on_edge = verdict_stability(1.0 + 2.262157 * 1.0 / math.sqrt(10), 1.0, 10, 0.95, 1.0)
+    assert 0.3 < on_edge < 0.7
+    assert verdict_stability(5.0, 0.5, 10, 0.95, 1.0, seed=1) == verdict_stability(5.0, 0.5, 10, 0.95, 1.0, seed=1)

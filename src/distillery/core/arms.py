@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import ChoiceSpec, Params, RangeSpec, SearchSpec
+from .config import COMPARISONS, ChoiceSpec, Params, RangeSpec, SearchSpec
 from .errors import ConfigError
 from .files import Best
 from .paths import Layout
@@ -42,9 +42,7 @@ ARMS: dict[str, Arm] = {
 }
 REFERENCES = ("none", "control")  # what a distilled arm is compared against
 DISTILLED = ("soft", "hard")
-# The report's family of comparisons, in order: each distilled arm against each reference, then soft
-# against its null (the same loss with the labels as the teacher).
-COMPARISONS = (("soft", "none"), ("soft", "control"), ("hard", "none"), ("hard", "control"), ("soft", "fake"))
+# COMPARISONS (imported above) lives in config: report.primary is validated against it.
 # The control's two heads share the loss equally: 0.5 is the paper's hard-distillation weighting,
 # so control and hard differ only in where the second token's target comes from.
 CONTROL_ALPHA = 0.5
@@ -107,7 +105,7 @@ def study_budget(params: Params, arm: str) -> dict:
             "prune_from_epoch": params.sweep.prune_from_epoch,
             "startup_trials": params.sweep.startup_trials, "sampler_seed": params.seed,
             "objective_epochs": params.sweep.objective_epochs, "warmup_epochs": params.train.warmup_epochs,
-            "recipe": params.sweep.recipe, "recipe_arm": params.sweep.recipe_arm,
+            "recipe": params.sweep.recipe, "recipe_arm": params.sweep.recipe_arm, "warm_start": params.sweep.warm_start,
             "shared_space": {k: v.model_dump() for k, v in recipe_space(params).items()}}
 
 

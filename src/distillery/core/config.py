@@ -275,7 +275,7 @@ class ArmsConfig(_Section):
     arms that never distil alone."""
 
     without_teacher: list[Literal["none", "control"]] = Field(default_factory=lambda: ["none", "control"])
-    with_teacher: list[Literal["soft", "hard", "fake"]] = Field(default_factory=lambda: ["soft", "hard", "fake"])
+    with_teacher: list[Literal["soft", "hard", "fake"]] = Field(default_factory=lambda: ["soft", "hard"])
 
     @model_validator(mode="after")
     def _check(self) -> "ArmsConfig":
@@ -310,7 +310,7 @@ class SweepConfig(_Section):
             return "none"
         return self.pruner
 
-    n_trials: int = Field(3, ge=1)
+    n_trials: int = Field(2, ge=1)  # new trials after the warm start (sweep.warm_start)
     storage: str | None = None
     workers: int = Field(1, ge=1)
     heartbeat_interval: int = Field(60, ge=1)
@@ -326,6 +326,9 @@ class SweepConfig(_Section):
     # arm's recipe search was luckier) | per_arm: every arm tunes the recipe for itself (best vs best)
     recipe: Literal["shared", "per_arm"] = "shared"
     recipe_arm: Literal["none", "control"] = "none"
+    # A folder of <arm>.csv trials (a larger study's trials.csv) every study starts from, so each machine
+    # tunes from the same ground; n_trials new trials follow. null: cold studies. Relative to the project.
+    warm_start: str | None = "warm_start"
 
     @field_validator("storage")
     @classmethod
@@ -337,9 +340,15 @@ class SweepConfig(_Section):
 
 
 class FinalConfig(_Section):
-    # The pilot: trained first, its val scores size the rest (seed_plan); then seeds up to max_seeds.
-    seeds: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1)
-    max_seeds: int = Field(5, ge=1)
+    # The pilot: trained first by every arm, its val scores size the rest (seed_plan); then seeds up to max_seeds.
+    seeds: list[int] = Field(default_factory=lambda: [1, 2, 3, 4], min_length=1)
+    max_seeds: int = Field(20, ge=1)
+    # Seeds the two arms of report.primary run in all (the pilot included), declared before the run from
+    # measured val variance (docs/seed-plan.md), within [len(seeds), max_seeds]; the plan may add more, up to
+    # max_seeds. null: the plan alone.
+    primary_seeds: int | None = Field(20, ge=2)
+    # Which comparisons the plan may add seeds for: primary (the arms of report.primary) | all
+    extend: Literal["primary", "all"] = "primary"
     # Processes per final run: > 1 launches the stage under torchrun (DDP, one GPU each, or gloo on CPU).
     # Here, not under train, so that changing it reruns only the final stages.
     nproc: int = Field(1, ge=1)
@@ -368,14 +377,34 @@ class EvaluateConfig(_Section):
     throughput_repeats: int = Field(5, ge=1)
 
 
+# Every comparison the report can make, in its order: each distilled arm against each reference, then soft
+# against its null (the same loss with the labels as the teacher). report.primary names one of them.
+COMPARISONS = (("soft", "control"), ("soft", "none"), ("hard", "none"), ("hard", "control"), ("soft", "fake"))
+
+
 class ReportConfig(_Section):
     dpi: int = Field(110, ge=30, le=600)
+    # The one comparison that carries the answer, tested at the full alpha; the others are secondary, tested
+    # (Holm) only if it passes (serial gatekeeping). null: every comparison in one Holm family.
+    primary: str | None = "soft-control"
     title: str = "Does distillation help on this data?"
     min_effect: float = Field(1.0, ge=0.0)
     target_halfwidth: float = Field(1.0, gt=0.0)
     alpha: float = Field(0.05, gt=0.0, lt=0.5)
     weak_teacher_ratio: float = Field(0.75, gt=0.0, le=1.0)
     min_teacher_signal: float = Field(0.05, ge=0.0, le=1.0)
+
+    @field_validator("primary")
+    @classmethod
+    def _primary(cls, v: str | None) -> str | None:
+        names = [f"{a}-{r}" for a, r in COMPARISONS]
+        if v is not None and v not in names:
+            raise ValueError(f"report.primary={v!r} is not a comparison; allowed: {', '.join(names)}, or null")
+        return v
+
+    @property
+    def primary_pair(self) -> tuple[str, str] | None:
+        return tuple(self.primary.split("-")) if self.primary else None  # type: ignore[return-value]
 
 
 class TrackingConfig(_Section):
@@ -438,6 +467,10 @@ class Params(_Section):
             raise ValueError(f"sweep.recipe_arm={self.sweep.recipe_arm} is not in arms.without_teacher="
                              f"{self.arms.without_teacher}; allowed: one of them (its sweep tunes the shared recipe, "
                              "and every final stage reads its sweeps/<arm>/best.json)")
+        if (pair := self.report.primary_pair) and not set(pair) <= set(self.arms.all):
+            missing = ", ".join(a for a in pair if a not in self.arms.all)
+            raise ValueError(f"report.primary={self.report.primary} needs arm {missing}, which arms does not run; "
+                             f"allowed: a comparison of {self.arms.all}, or report.primary: null")
         if self.sweep.objective_epochs > self.student.epochs:
             raise ValueError(f"sweep.objective_epochs={self.sweep.objective_epochs} exceeds student.epochs="
                              f"{self.student.epochs}; allowed: at most student.epochs")

@@ -96,6 +96,7 @@ class Best(BaseModel):
     n_pruned: int
     epochs: int
     recipe_from: str | None = None  # sweep.recipe: shared: the arm whose winning recipe this arm trains at
+    n_warm: int = 0  # of n_trials, the committed trials the study was warm-started with (sweep.warm_start)
 
     def save(self, path: Path) -> None:
         write_json(path, self.model_dump())

@@ -21,9 +21,9 @@ from ..core.paths import Layout
 from . import figures
 from .headline import headline
 from .inputs import ReportInputs, load_inputs
-from .precision import precision_lines, precision_of
+from .precision import precision_lines, precision_of, reproducibility_lines
 from .seed_plan import comparison_pairs
-from .stats import Comparison, compare_arms
+from .stats import NOT_TESTED, Comparison, compare_arms
 from .summary_run import log_summary
 from .teacher_check import TeacherCheck, check_teacher, labels_in_disguise, signal_lines, teacher_check_lines
 from .transfer_lines import transfer_lines
@@ -78,7 +78,8 @@ def _spec(spec) -> str:
 
 def comparisons_of(inputs: ReportInputs) -> list[Comparison]:
     p = inputs.params
-    return compare_arms(inputs.per_seed_test_acc(), comparison_pairs(inputs.arms), p.report.min_effect, p.report.alpha)
+    return compare_arms(inputs.per_seed_test_acc(), comparison_pairs(inputs.arms), p.report.min_effect, p.report.alpha,
+                        p.report.primary_pair, p.report.target_halfwidth)
 
 
 def teacher_check_of(inputs: ReportInputs) -> TeacherCheck | None:
@@ -128,10 +129,58 @@ def _tuning_lines(inputs: ReportInputs) -> list[str]:
     lines = []
     if gains:
         lines += ["Expected gain of the last trial over one fewer (points of val objective; tuning_curves.png): "
-                  + ", ".join(gains) + ". Near zero: more trials would rarely have found better settings.", ""]
+                  + ", ".join(gains) + ". This is the study's own trials reshuffled: it shows how the expected best "
+                  "moved with the last trial, not that more trials would find nothing (with few trials it is biased "
+                  "low, Tang et al. 2020).", ""]
     if importances:
         lines += ["Knob importances (fANOVA): " + "; ".join(importances) + ".", ""]
     return lines
+
+
+def _new_epochs(trials) -> int:
+    fresh = trials[~trials["warm_start"].astype(str).str.lower().eq("true")] if "warm_start" in trials else trials
+    return int(fresh["epochs_run"].sum())
+
+
+def _warm_lines(inputs: ReportInputs) -> list[str]:
+    """Which studies started from committed trials (sweep.warm_start), and whether the winner is one of them."""
+    p = inputs.params
+    if not p.sweep.warm_start:
+        return ["Studies started cold (`sweep.warm_start: null`).", ""]
+    parts = []
+    for arm in inputs.arms:
+        b, t = inputs.best.get(arm), inputs.trials.get(arm)
+        if b is None or b.trial is None:
+            continue
+        won = ""
+        if t is not None and "warm_start" in t and b.n_warm:
+            row = t[t["number"] == b.trial]
+            won = " (winner: a committed trial)" if len(row) and str(row["warm_start"].iloc[0]).lower() == "true" \
+                else " (winner: a new trial)"
+        parts.append(f"{arm} {b.n_warm} committed + {b.n_trials - b.n_warm} new{won}" if b.n_warm
+                     else f"{arm} cold ({b.n_trials} new)")
+    return [f"Warm start (`sweep.warm_start: {p.sweep.warm_start}`, trials of a larger study run once at this "
+            "budget, on val): " + "; ".join(parts) + ". A study whose committed trials ran under other conditions "
+            "(data, epochs, recipe) starts cold; the sweep stage's line says why.", ""]
+
+
+def _family_sentence(p: Params, comps: list[Comparison]) -> str:
+    """How the family-wise error is held: serial gatekeeping behind a primary, or one Holm family."""
+    primary = [k for k in comps if k.role == "primary"]
+    rest = [k for k in comps if k.role != "primary"]
+    if not primary:
+        return (f"Across the {len(comps)} comparisons the family-wise error is held at α = {p.report.alpha:g}: the "
+                f"intervals are simultaneous (Bonferroni, each at 1 − α/{len(comps)}) and the p-values of Δ = 0 "
+                "Holm-adjusted.")
+    k = primary[0]
+    gate = "passed" if rest and rest[0].verdict != NOT_TESTED else "did not pass"
+    return (f"**Primary comparison** (declared in `report.primary` before the run): {k.arm} − {k.reference}, tested "
+            f"alone at the full α = {p.report.alpha:g} (its CI at {100 * k.level:g} %, its p unadjusted). The "
+            f"{len(rest)} secondary comparisons are tested only if the primary rejects Δ = 0 (serial gatekeeping; "
+            f"it {gate}): one Holm family at α, intervals simultaneous at 1 − α/{max(len(rest), 1)}. The family-wise "
+            "error of every helped/hurt claim is held at α. Secondaries marked unsized were not given the seeds "
+            "±target needs: their verdicts are descriptive, not findings.") if rest else (
+            f"**Primary comparison** (`report.primary`): {k.arm} − {k.reference}, at α = {p.report.alpha:g}.")
 
 
 def _design_sentence(p: Params) -> str:
@@ -161,27 +210,30 @@ def render_markdown(inputs: ReportInputs, comps: list[Comparison], figs: list[st
     shared = p.sweep.recipe == "shared"
     lines += [f"## Headline ({'same recipe' if shared else 'best vs best'}, test split)", ""]
     if comps:
-        lines += [f"{_design_sentence(p)} Each arm's configuration was then retrained with {n_seeds} seeds. Δ is the mean over seeds of the paired per-seed difference in test "
-                  f"accuracy; the CI is a t-interval over those differences (n = seeds both arms have). Across the "
-                  f"{len(comps)} comparisons the family-wise error is held at α = {p.report.alpha:g}: the intervals are "
-                  f"simultaneous (Bonferroni, each at 1 − α/{len(comps)}), so the verdicts hold together, and the "
-                  f"p-values of Δ = 0 are Holm-adjusted. Declared before the run: an effect "
-                  f"matters if it exceeds **{p.report.min_effect:g} point{'' if p.report.min_effect == 1 else 's'}** "
-                  "(`report.min_effect`).", "",
-                  "| comparison | n | Δ (points) | simultaneous CI | CI level | Holm p | verdict |",
-                  "| --- | ---: | ---: | --- | ---: | ---: | --- |"]
+        lines += [f"{_design_sentence(p)} Each arm's configuration was then retrained with {n_seeds} seeds. Δ is the "
+                  "mean over seeds of the paired per-seed difference in test accuracy; the CI is a t-interval over "
+                  "those differences (n = seeds both arms have). " + _family_sentence(p, comps) + " Declared before "
+                  f"the run: an effect matters if it exceeds **{p.report.min_effect:g} point"
+                  f"{'' if p.report.min_effect == 1 else 's'}** (`report.min_effect`), and a comparison is sized when "
+                  f"its half-width is at most ±{p.report.target_halfwidth:g} (`report.target_halfwidth`).", "",
+                  "| comparison | role | n | Δ (points) | CI | CI level | p | verdict |",
+                  "| --- | --- | ---: | ---: | --- | ---: | ---: | --- |"]
         for k in comps:
             ci = f"[{k.low:+.1f}, {k.high:+.1f}]" if np.isfinite(k.low) else "–"
-            lines.append(f"| {k.arm} − {k.reference} | {k.n_seeds} | {k.diff:+.1f} | {ci} | {100 * k.level:.2f}% | "
-                         f"{k.p_holm:.3f} | **{k.verdict}** |")
+            unsized = "" if k.sized is not False else " (unsized)"
+            verdict = f"**{k.verdict}**" if k.verdict != NOT_TESTED and (k.role == "primary" or k.sized) else k.verdict
+            lines.append(f"| {k.arm} − {k.reference} | {k.role} | {k.n_seeds} | {k.diff:+.1f} | {ci} | "
+                         f"{100 * k.level:.2f}% | {k.p_holm:.3f} | {verdict}{unsized} |")
         lines += ["", *precision_lines(inputs, precision_of(inputs, comps))]
         lines += [*teacher_check_lines(teacher_check_of(inputs))]
         lines += [f"Soft distillation uses KL normalisation `{p.distill.soft.kl_reduction}` "
                   "(`batchmean`: textbook KD, as timm; `numel`: the DeiT reference code, C times smaller). "
                   "`control` is the distilled architecture without a teacher (both tokens learn the labels): "
                   "distilled − control isolates the teacher's signal from the extra token and the averaged heads. "
-                  "`fake` trains with the soft loss against a fake teacher whose logits are the smoothed labels: "
-                  "soft − fake is what the teacher knows beyond the labels, apart from what the loss's shape does.", ""]
+                  + ("`fake` trains with the soft loss against a fake teacher whose logits are the smoothed labels: "
+                     "soft − fake is what the teacher knows beyond the labels, apart from what the loss's shape does."
+                     if "fake" in inputs.arms else "The `fake` arm (soft − fake: what the teacher knows beyond the "
+                     "labels) did not run here: `make profile NAME=ablations` adds it."), ""]
     else:
         lines += ["No distilled arm and reference both ran: nothing to compare.", ""]
     # ------------------------------------------------------------------ results table
@@ -201,7 +253,7 @@ def render_markdown(inputs: ReportInputs, comps: list[Comparison], figs: list[st
     studied = [arm for arm in inputs.arms if has_study(p, arm)]
     unstudied = [arm for arm in inputs.arms if arm not in studied]
     lines += ["", "## Tuning budget (identical for every arm)", "",
-              f"{budget['n_trials']} trials per study ({', '.join(studied)}"
+              f"{budget['n_trials']} new trials per study ({', '.join(studied)}"
               + (f"; {', '.join(unstudied)} train{'s' if len(unstudied) == 1 else ''} at {p.sweep.recipe_arm}'s recipe "
                  "with nothing of its own to search" if unstudied else "") + f"), each trained for the full {budget['epochs_per_trial']} epochs "
               f"of the final runs ({budget['warmup_epochs']} warm-up, cosine) unless pruned; pruner "
@@ -211,9 +263,9 @@ def render_markdown(inputs: ReportInputs, comps: list[Comparison], figs: list[st
               + (f" (`sweep.pruner: {p.sweep.pruner}` was asked for: below {p.sweep.reduction_factor}² trials it would "
                  "decide by trial order, not by settings, so the studies do not prune.)"
                  if budget["pruner"] != p.sweep.pruner else ""),
-              "", "Realised training epochs per arm (all trials, pruned ones included): "
-              + (", ".join(f"{arm} {int(inputs.trials[arm]['epochs_run'].sum())}" for arm in inputs.arms
-                           if arm in inputs.trials) or "not recorded") + ".", "",
+              "", *_warm_lines(inputs), "Realised training epochs per arm in this run (its new trials, pruned ones "
+              "included): " + (", ".join(f"{arm} {_new_epochs(inputs.trials[arm])}" for arm in inputs.arms
+                                         if arm in inputs.trials) or "not recorded") + ".", "",
               *_tuning_lines(inputs), "| knob | searched over |", "| --- | --- |"]
     for arm in inputs.arms:
         for k, v in own_space(p, arm).items():
@@ -240,14 +292,7 @@ def render_markdown(inputs: ReportInputs, comps: list[Comparison], figs: list[st
     lines += ["## Figures", ""]
     for f in figs:
         lines += [f"![{f}](figures/{f})", "", f"*{FIGURES[f][1]}*", ""]
-    lines += ["## Reproducibility", "",
-              "On the CPU, the same params, code, torch version and machine type give identical model weights, "
-              "sweeps and metrics; the files differ only in recorded timings (`epoch_seconds` in the histories, "
-              "`metrics/throughput.json`). Another CPU model, thread count or torch version changes floating-point "
-              "rounding: a sweep may then pick another trial and the numbers agree only within seed noise; on a "
-              "GPU, bf16 autocast and non-deterministic kernels do the same. The machine line above lists every "
-              "machine a stage of this report ran on (training and evaluation).",
-              ""]
+    lines += reproducibility_lines(comps, precision_of(inputs, comps))
     if inputs.skipped:
         lines += ["## Skipped input files", "", "| file | reason |", "| --- | --- |"]
         lines += [f"| {s['file']} | {s['reason']} |" for s in inputs.skipped[:50]]

@@ -11,8 +11,18 @@ Method, and why:
   resamples to be trusted and a normal interval is far too narrow; the t interval is exact if d is
   normal and has close to nominal coverage for mild departures.
 * p-value: two-sided one-sample t-test of H0: mean d = 0 (the test dual to the interval).
-* Multiplicity: the report makes several comparisons (each distilled arm vs `none` and vs `control`),
-  and comparisons sharing a reference are dependent. Two corrections, each for what it is good at:
+* Multiplicity, with a primary comparison (`report.primary`, declared before the run): serial
+  gatekeeping. The primary is tested alone at the full α (its interval at 1 − α); only if it rejects
+  Δ = 0 are the secondary comparisons tested, as one Holm family at α with simultaneous intervals at
+  1 − α/m (m secondaries). The family-wise error of the "helped"/"hurt" claims (Δ ≠ 0 in the stated
+  direction) is then ≤ α under any configuration of true effects: a false secondary claim needs the gate
+  passed, which a null primary allows with probability ≤ α, and a non-null primary leaves the secondaries
+  α to spend (tests/test_stats.py simulates it). A secondary that was not tested gets the verdict "not
+  tested"; its interval is still shown, as description. Without a primary, all comparisons form one
+  family as below. The refinements against min_effect ("by more than δ") read the same intervals and hold
+  at their levels.
+* Multiplicity within a family: comparisons sharing a reference are dependent. Two corrections, each for
+  what it is good at:
   - p-values (H0: Δ = 0) are Holm-adjusted (step-down; controls the family-wise error rate under any
     dependence, and rejects at least whatever Bonferroni rejects);
   - intervals are simultaneous: each at level 1 - alpha/m (Bonferroni), so with probability >= 1 - alpha
@@ -50,6 +60,8 @@ class Comparison:
     p_holm: float  # Holm-adjusted p
     n_seeds: int
     verdict: str
+    role: str = "family"  # primary | secondary (report.primary set) | family (no primary: one Holm family)
+    sized: bool | None = None  # half-width <= report.target_halfwidth (None: no target given)
 
     def as_dict(self) -> dict:
         return json_ready(self)
@@ -125,17 +137,34 @@ def verdict_for(low: float, high: float, min_effect: float) -> str:
     return "inconclusive"
 
 
+NOT_TESTED = "not tested (the primary comparison did not pass its gate)"
+
+
 def compare_arms(per_seed_acc: dict[str, dict[int, float]], pairs: list[tuple[str, str]], min_effect: float,
-                 alpha: float = 0.05) -> list[Comparison]:
-    """One Comparison per (arm, reference) pair whose arms both exist; those pairs form the Holm family."""
+                 alpha: float = 0.05, primary: tuple[str, str] | None = None,
+                 target_halfwidth: float | None = None) -> list[Comparison]:
+    """One Comparison per (arm, reference) pair whose arms both exist, the primary first when it is one of
+    them. Without a primary the pairs form one Holm family; with one, serial gatekeeping (module doc)."""
     kept = [(a, r) for a, r in pairs if a in per_seed_acc and r in per_seed_acc]
+    if primary not in kept:
+        return _family(per_seed_acc, kept, min_effect, alpha, "family", True, target_halfwidth)
+    first = _family(per_seed_acc, [primary], min_effect, alpha, "primary", True, target_halfwidth)
+    gate = first[0].p_value <= alpha and first[0].n_seeds >= 2
+    rest = [k for k in kept if k != primary]
+    return first + _family(per_seed_acc, rest, min_effect, alpha, "secondary", gate, target_halfwidth)
+
+
+def _family(per_seed_acc, kept, min_effect, alpha, role, tested, target) -> list[Comparison]:
     diffs = [paired_differences(per_seed_acc[a], per_seed_acc[r]) for a, r in kept]
     p_raw = [t_test_p(d) for d in diffs]
     result = []
     lv = simultaneous_level(len(kept), alpha)
     for (a, r), d, p, ph in zip(kept, diffs, p_raw, holm_adjust(p_raw)):
         mean, low, high = t_interval(d, lv)
-        result.append(Comparison(a, r, mean, low, high, lv, p, ph, int(d.size), verdict_for(low, high, min_effect)))
+        verdict = verdict_for(low, high, min_effect) if tested else NOT_TESTED
+        sized = None if target is None else bool((high - low) / 2 <= target)
+        result.append(Comparison(a, r, mean, low, high, lv, p, ph if tested else 1.0, int(d.size), verdict, role,
+                                 sized))
     return result
 
 
@@ -199,6 +228,33 @@ def mde(sd: float, n: int, level: float, power: float = 0.8) -> float:
     return (t_quantile(level, n) + float(_st.t.ppf(power, n - 1))) * sd / math.sqrt(n)
 
 
+def replication_halfwidth(sd: float, n: int, level: float = 0.95) -> float:
+    """A rerun of the same design (n new seeds, same SD) lands within Δ̂ ± this with probability ≈ level:
+    the difference of two independent means of n has SD sd·√(2/n)."""
+    return t_quantile(level, n) * sd * math.sqrt(2.0 / n) if n >= 2 else math.inf
+
+
+def verdict_stability(diff: float, sd: float, n: int, level: float, min_effect: float, draws: int = 4000,
+                      seed: int = 0) -> float:
+    """The share of simulated reruns (n normal per-seed differences with this mean and SD) whose interval
+    at `level` gives the same verdict as (diff, sd, n) does: how likely another machine's run says the same,
+    taking this run's estimates as the truth (a plug-in; rng seeded, so the report is deterministic)."""
+    if n < 2 or not math.isfinite(sd):
+        return math.nan
+    here = verdict_for(*t_interval(diff + sd * _unit_sample(n), level)[1:], min_effect)
+    rng = np.random.default_rng(seed)
+    d = rng.normal(diff, sd, size=(draws, n)) if sd > 0 else np.full((draws, n), diff)
+    mean, s = d.mean(1), d.std(1, ddof=1)
+    half = t_quantile(level, n) * s / math.sqrt(n)
+    return float(np.mean([verdict_for(m - h, m + h, min_effect) == here for m, h in zip(mean, half)]))
+
+
+def _unit_sample(n: int) -> np.ndarray:
+    """n values with mean 0 and SD 1 exactly: t_interval of diff + sd·this is the interval of (diff, sd, n)."""
+    z = np.linspace(-1.0, 1.0, n)
+    return (z - z.mean()) / z.std(ddof=1)
+
+
 def new_image_interval(correct_a: np.ndarray, correct_b: np.ndarray, level: float) -> tuple[float, float, float]:
     """(mean, low, high) of Δ over new seeds *and* new test images of the same kind, in points.
 
@@ -238,7 +294,8 @@ def expected_best(values: np.ndarray, k: int) -> tuple[float, float]:
 
 _SHORT_VERDICTS = (("helped by more than", "gain>{d}"), ("helped, by less than", "gain<{d}"), ("helped", "gain"),
                    ("hurt by more than", "loss>{d}"), ("hurt, by less than", "loss<{d}"), ("hurt", "loss"),
-                   ("no effect larger than", "|Δ|<{d}"), ("needs", "1 seed"), ("inconclusive", "unclear"))
+                   ("no effect larger than", "|Δ|<{d}"), ("needs", "1 seed"), ("inconclusive", "unclear"),
+                   ("not tested", "not tested"))
 
 
 def short_verdict(verdict: str, min_effect: float) -> str:

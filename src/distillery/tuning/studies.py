@@ -306,8 +306,10 @@ def summarize_study(study: optuna.Study) -> SweepResult:
     for t in sorted(study.get_trials(deepcopy=False, states=FINISHED), key=lambda t: (trial_label(t), t.number)):
         steps = t.intermediate_values
         trials.append({"number": trial_label(t), "state": t.state.name, "value": t.value, **hparams_of(t),
-                       "epochs_run": len(steps), "last_val_acc": steps[max(steps)] if steps else None,
-                       "prune_reason": t.user_attrs.get("prune_reason", "")})
+                       "epochs_run": t.user_attrs.get("epochs_run", len(steps)),  # a warm-start trial says it
+                       "last_val_acc": t.user_attrs.get("last_val_acc", steps[max(steps)] if steps else None),
+                       "prune_reason": t.user_attrs.get("prune_reason", ""),
+                       "warm_start": bool(t.user_attrs.get("warm_start", False))})
     completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not completed:
         return SweepResult(best={}, trials=trials)
