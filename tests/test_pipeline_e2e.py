@@ -410,7 +410,8 @@ def test_the_primary_comparison_leads_and_the_reproduce_check_compares_runs(repo
     assert {c["role"] for _, c in rest} == {"secondary"}
     headline = json.loads((dest / "reports/headline.json").read_text())
     assert list(headline)[0] == "soft-control"
-    assert all(v.endswith("unsized") for k, v in headline.items() if "-" in k)  # 3 seeds cannot reach ±1
+    for name, c in effects["comparisons"].items():  # "*": unsized, the half-width above report.target_halfwidth
+        assert headline[name].endswith("*") == ((c["high"] - c["low"]) / 2 > 1.0) == (c["sized"] is False), name
     report = (dest / "reports/report.md").read_text()
     assert "**Primary comparison**" in report and "P(same verdict on a rerun)" in report
     same = subprocess.run(["python", "-m", "distillery.reproduce", "--effects", "reports/effects.json", "--out",
