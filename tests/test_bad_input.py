@@ -57,7 +57,7 @@ CASES = [
     ("a tab where YAML wants spaces", "prepare", replace("  batch_size: 32", "\tbatch_size: 32"), None,
      "not valid YAML"),
     ("a section written as a value", "prepare", replace("final:  ", "final: 3\nfinal_old:  "), None, "final"),
-    ("seeds written as a string", "prepare", replace("seeds: [1, 2, 3] ", 'seeds: "1,2,3" '), None,
+    ("seeds written as a string", "prepare", replace("seeds: [1, 2, 3, 4] ", 'seeds: "1,2,3,4" '), None,
      "final.seeds"),
     ("epochs written as a word", "prepare", replace("  epochs: 30 ", "  epochs: thirty "), None, "student.epochs"),
     ("a key in the wrong section", "prepare", replace("  batch_size: 32", "  batch_size: 32\n  epochs: 3"), None,

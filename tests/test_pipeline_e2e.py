@@ -114,6 +114,7 @@ def test_mlflow_has_test_metrics_one_summary_and_each_arms_pick_registered(repo)
     for name, c in effects["comparisons"].items():
         assert summary.data.metrics[f"{name}.delta"] == pytest.approx(c["diff"])
         assert summary.data.tags[f"verdict.{name}"] == c["verdict"]
+        assert summary.data.tags.get(f"sized.{name}") == (None if c["sized"] is None else str(c["sized"]).lower())
     listed = {a.path for a in client.list_artifacts(summary.info.run_id)}
     assert {"report.md", "headline.json", "effects.json", "figures"} <= listed
     for arm in ARMS:  # the registered pick is the best seed by val objective, never by test
@@ -378,7 +379,8 @@ def test_dvc_exp_show_fits_a_screen_and_dvc_plots_render(repo, tmp_path):
     """Two ablations as a DVC user runs them; the headline cells fit `dvc exp show` at 200 columns.
 
     `--only-changed` hides cells equal in every experiment, so the two thresholds are chosen to change every
-    comparison's verdict: at 1000 points every interval lies inside ±δ, at 0.001 none does.
+    primary comparison's verdict: at 1000 points its interval lies inside ±δ, at 0.001 it does not. The
+    secondaries stay "not tested" behind the tiny run's closed gate in all three, so `--keep` shows them too.
     """
     dest, env = repo.dest, {**repo.env, "COLUMNS": "200"}
     original = (dest / "params.yaml").read_text()
@@ -387,9 +389,10 @@ def test_dvc_exp_show_fits_a_screen_and_dvc_plots_render(repo, tmp_path):
         run_ok(["git", "commit", "-qm", "results"], dest, env)
         for value in ("0.001", "1000"):
             run_ok(["dvc", "exp", "run", "-S", f"report.min_effect={value}"], dest, env)
-        table = run_ok(["dvc", "exp", "show", "--only-changed", "--no-pager"], dest, env)
+        names = ("soft-none", "soft-control", "hard-none", "hard-control", "soft-fake")
+        table = run_ok(["dvc", "exp", "show", "--only-changed", "--keep", "|".join(names), "--no-pager"], dest, env)
         assert max(len(line) for line in table.splitlines()) <= 200, table
-        for name in ("soft-none", "soft-control", "hard-none", "hard-control", "soft-fake"):
+        for name in names:
             assert name in table, table
         assert re.search(r"[+-]\d+\.\d\d±\d+\.\d\d (gain|loss|unclear|\|Δ\|<)", table), table
         run_ok(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], dest, env)
@@ -405,9 +408,10 @@ def test_the_primary_comparison_leads_and_the_reproduce_check_compares_runs(repo
     --effects` accepts the run against itself and flags a perturbed copy whose Δ moved past the Welch bound."""
     dest = repo.dest
     effects = json.loads((dest / "reports/effects.json").read_text())
-    first, *rest = effects["comparisons"].items()
-    assert first[0] == "soft-control" and first[1]["role"] == "primary" and first[1]["level"] == pytest.approx(0.95)
-    assert {c["role"] for _, c in rest} == {"secondary"}
+    assert effects["primary"] == "soft-control"  # effects.json sorts its keys; headline.json keeps the order
+    first = effects["comparisons"]["soft-control"]
+    assert first["role"] == "primary" and first["level"] == pytest.approx(0.95)
+    assert {c["role"] for name, c in effects["comparisons"].items() if name != "soft-control"} == {"secondary"}
     headline = json.loads((dest / "reports/headline.json").read_text())
     assert list(headline)[0] == "soft-control"
     for name, c in effects["comparisons"].items():  # "*": unsized, the half-width above report.target_halfwidth
@@ -428,7 +432,7 @@ def test_the_primary_comparison_leads_and_the_reproduce_check_compares_runs(repo
     table = (dest.parent / "moved.md").read_text()
     row = next(line for line in table.splitlines() if line.startswith("| soft-control"))
     assert " > " in row and "| no |" in row  # Δ past the Welch bound, intervals apart
-    assert out.returncode == (0 if first[1]["verdict"] == "helped by more than 1 point" else 1)
+    assert out.returncode == (0 if first["verdict"] == "helped by more than 1 point" else 1)
 
 
 def test_a_study_starts_cold_where_the_committed_trials_ran_under_other_conditions(repo):

@@ -221,7 +221,7 @@ def render_markdown(inputs: ReportInputs, comps: list[Comparison], figs: list[st
         for k in comps:
             ci = f"[{k.low:+.1f}, {k.high:+.1f}]" if np.isfinite(k.low) else "–"
             unsized = "" if k.sized is not False else " (unsized)"
-            verdict = f"**{k.verdict}**" if k.verdict != NOT_TESTED and (k.role == "primary" or k.sized) else k.verdict
+            verdict = f"**{k.verdict}**" if k.verdict != NOT_TESTED and (k.role == "primary" or k.sized is not False) else k.verdict
             lines.append(f"| {k.arm} − {k.reference} | {k.role} | {k.n_seeds} | {k.diff:+.1f} | {ci} | "
                          f"{100 * k.level:.2f}% | {k.p_holm:.3f} | {verdict}{unsized} |")
         lines += ["", *precision_lines(inputs, precision_of(inputs, comps))]
@@ -325,6 +325,7 @@ def build_report(layout: Layout, params: Params) -> Path:
     write_json(out / "effects.json", {
         "min_effect_points": params.report.min_effect, "family_alpha": params.report.alpha,
         "kl_reduction": params.distill.soft.kl_reduction, "target_halfwidth": params.report.target_halfwidth,
+        "primary": next((f"{k.arm}-{k.reference}" for k in comps if k.role == "primary"), None),
         "n_seeds": {arm: len(inputs.seeds_of(arm)) for arm in inputs.arms},
         "comparisons": {f"{k.arm}-{k.reference}": {**k.as_dict(), "precision": precision.get(f"{k.arm} − {k.reference}")}
                         for k in comps},

@@ -33,7 +33,8 @@ def log_summary(layout: Layout, params: Params, comps: list[Comparison], evaluat
 
     setup_tracking(params.tracking, layout, monitor=False)
     tags = {**base_tags(layout, params, "report", model_kind="summary"),
-            **{f"verdict.{k.arm}-{k.reference}": k.verdict + (" (unsized)" if k.sized is False else "") for k in comps},
+            **{f"verdict.{k.arm}-{k.reference}": k.verdict for k in comps},
+            **{f"sized.{k.arm}-{k.reference}": str(k.sized).lower() for k in comps if k.sized is not None},
             **{f"role.{k.arm}-{k.reference}": k.role for k in comps}}
     settings = {"min_effect": params.report.min_effect, "alpha": params.report.alpha,
                 "target_halfwidth": params.report.target_halfwidth, "arms": ",".join(arms),
