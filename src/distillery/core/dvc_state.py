@@ -11,15 +11,24 @@ DVC cannot read the lock, and removes an unreadable rwlock, which only lists DVC
 A rerun then redoes at most the stage whose entry the copy lacks, and that stage restores its finished
 work (checkpoints/finished/, the study in study.db) without training an epoch.
 
-Only a lock that DVC refuses is replaced, and it is kept as dvc.lock.torn. A lock that DVC reads is left
-alone, hand-edited or cut at a point DVC accepts: DVC reruns the stages it lacks, which restore their
-finished work the same way.
+A lock is judged by whether DVC can *use* it, not only read it: DVC's loader and schema accept many cuts
+that its repro then fails on (`hash: md`, an unknown hash name: an empty "failed to reproduce" every time)
+or silently misreads (half an md5). So a lock must also end where DVC ends a write (a newline) and every
+entry in it must be whole: a command, and each dep and out with its path, a known hash name, a full md5,
+its size (and file count for a directory). That is "torn", and it is replaced. The last entry may further
+lack deps, params or outs its stage declares in dvc.yaml (a cut at a line's end inside it): `repair`
+then restores the good copy too, and keeps the lock when there is none (DVC reruns that stage).
+
+A replaced lock is kept as dvc.lock.torn. A lock that passes is left alone, hand-edited or cut between two
+entries: DVC reruns the stages it lacks, which restore their finished work the same way.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -32,18 +41,33 @@ GOOD_COPY = Path("checkpoints") / "dvc.lock.good"  # ignored by git, removed by 
 TORN = "dvc.lock.torn"
 
 
+MD5 = re.compile(r"[0-9a-f]{32}(\.dir)?")
+HASH_NAMES = (None, "md5")  # what DVC 3 writes ("hash: md5"; absent on a legacy entry): dvc/stage/serialize.py
+
+
 def _refusal(path: Path) -> Exception | None:
     """DVC's own loader and schema judge the lock, so that "readable" here means readable to the `dvc repro`
     that follows: the exception DVC raises on it, or None when DVC reads it, it does not exist, or DVC is not
     installed (a remote sweep worker: nothing can be judged there, and no DVC there writes the lock)."""
     if not _dvc_installed() or not path.exists():
         return None
+    return _refusal_of(path.read_bytes(), path.name)
+
+
+@functools.lru_cache(maxsize=8)  # the benchmark judges the same good copy once per cut: a parse costs ~0.3 s
+def _refusal_of(text: bytes, name: str) -> Exception | None:
+    """dvc.utils.strictyaml.load on these bytes: its parse, then its schema, raising what it raises."""
     from dvc.schema import COMPILED_LOCKFILE_SCHEMA
     from dvc.utils import strictyaml
 
     try:
-        strictyaml.load(str(path), COMPILED_LOCKFILE_SCHEMA)
-    except Exception as exc:  # YAMLSyntaxError, YAMLValidationError, EncodingError: all mean "refused"
+        decoded = text.decode("utf-8")
+        try:
+            data = strictyaml.parse_yaml(decoded, name, typ="safe")
+        except strictyaml.YAMLFileCorruptedError as exc:
+            raise strictyaml.YAMLSyntaxError(name, decoded, exc) from exc.__cause__
+        strictyaml.validate(data, COMPILED_LOCKFILE_SCHEMA, text=decoded, path=name)
+    except Exception as exc:  # YAMLSyntaxError, YAMLValidationError, a decode error: all mean "refused"
         return exc
     return None
 
@@ -52,46 +76,124 @@ def _dvc_installed() -> bool:
     return importlib.util.find_spec("dvc") is not None
 
 
+def item_problem(item: object) -> str | None:
+    """What keeps DVC from using one dep or out of a lock entry: a cut inside it leaves a short value."""
+    if not isinstance(item, dict) or not isinstance(item.get("path"), str):
+        return "a dep or out without its path"
+    where = item["path"]
+    if item.get("hash") not in HASH_NAMES:
+        return f"{where}: hash name {item.get('hash')!r} unknown to DVC"
+    md5 = item.get("md5")
+    if not isinstance(md5, str) or not MD5.fullmatch(md5):
+        return f"{where}: md5 {md5!r} is not a whole md5"
+    if not isinstance(item.get("size"), int) or (md5.endswith(".dir") and not isinstance(item.get("nfiles"), int)):
+        return f"{where}: its size or file count is missing"
+    return None
+
+
+def entry_problem(name: str, entry: object) -> str | None:
+    """What keeps DVC from using one stage's entry, from the entry alone (no dvc.yaml needed)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("cmd"), str):
+        return f"stage {name}: no command"
+    for section in ("deps", "outs"):
+        for item in entry.get(section) or []:
+            if (problem := item_problem(item)) is not None:
+                return f"stage {name}: {problem}"
+    return None
+
+
 def lock_problem(path: Path) -> str | None:
-    """Why DVC would refuse this dvc.lock, in DVC's words; None when it would not (see _refusal)."""
+    """Why DVC could not use this lock, whatever dvc.yaml says: not ended by a newline (DVC ends every write
+    with one; checked first, as it is cheap), refused by DVC's loader or schema, or an entry cut inside it.
+    None: usable, no lock, or no DVC here to judge it (see _refusal)."""
+    if not path.exists() or not _dvc_installed():
+        return None
+    text = path.read_bytes()
+    if text and not text.endswith(b"\n"):
+        return "it does not end with a newline, as every lock DVC writes does"
     exc = _refusal(path)
-    return None if exc is None else (" ".join(str(exc).split()) or type(exc).__name__)
+    if exc is not None:
+        return " ".join(str(exc).split()) or type(exc).__name__
+    import yaml
+
+    stages = (yaml.safe_load(text) or {}).get("stages") or {}
+    return next((p for name, entry in stages.items() if (p := entry_problem(name, entry)) is not None), None)
+
+
+def short_entry(path: Path, declared: dict[str, tuple[int, int, bool]]) -> str | None:
+    """The lock's last entry, when it lacks deps, params or outs its stage declares: `declared` maps a stage
+    name to (deps, outs, has params) as dvc.yaml defines it now. Only the last entry can be cut short (a torn
+    write is a prefix of a whole lock); a stage whose definition grew since reruns either way."""
+    import yaml
+
+    stages = (yaml.safe_load(path.read_bytes()) or {}).get("stages") or {}
+    if not stages:
+        return None
+    name, entry = list(stages.items())[-1]
+    if name not in declared or not isinstance(entry, dict):
+        return None
+    deps, outs, has_params = declared[name]
+    if len(entry.get("deps") or []) < deps or len(entry.get("outs") or []) < outs or (has_params and
+                                                                                       not entry.get("params")):
+        return f"stage {name}: its entry ends before all the deps, params and outs dvc.yaml declares"
+    return None
+
+
+def declared_shapes(root: Path) -> dict[str, tuple[int, int, bool]]:
+    """Each stage's (deps, outs, has params) as DVC resolves dvc.yaml (matrix stages included); empty when
+    dvc.yaml cannot be read (DVC says why on its own when it runs)."""
+    try:
+        from dvc.dependency.param import ParamsDependency
+        from dvc.repo import Repo
+
+        with Repo(str(root)) as repo:
+            return {s.addressing: (sum(not isinstance(d, ParamsDependency) for d in s.deps), len(s.outs),
+                                   any(isinstance(d, ParamsDependency) for d in s.deps))
+                    for s in repo.index.stages}
+    except Exception:  # noqa: BLE001 - any DVC error here means "no shapes to compare with", never a crash
+        return {}
 
 
 def cut_kind(path: Path) -> str:
-    """How DVC takes a lock: "read", or refused as "yaml" or by its "schema" (tests, benchmarks/lock_cuts.py)."""
+    """How DVC takes a lock: "read", refused as "yaml" or by its "schema", or "torn" (read, but not usable:
+    lock_problem) (tests, benchmarks/lock_cuts.py)."""
     exc = _refusal(path)
     if exc is None:
-        return "read"
+        return "torn" if lock_problem(path) is not None else "read"
     from dvc.utils.strictyaml import YAMLSyntaxError
 
     return "yaml" if isinstance(exc, YAMLSyntaxError) else "schema"
 
 
 def keep_good_lock(root: Path) -> None:
-    """Copy dvc.lock to checkpoints/ when DVC reads it (a stage calls this as it starts); never without DVC."""
+    """Copy dvc.lock to checkpoints/ when DVC can use it (a stage calls this as it starts); never without DVC.
+    The copy is judged without dvc.yaml: DVC holds the repository while a stage runs, and has just written it."""
     lock = root / LOCK
-    if not lock.exists() or not _dvc_installed() or _refusal(lock) is not None:
+    if not lock.exists() or not _dvc_installed() or lock_problem(lock) is not None:
         return
     with atomic_path(root / GOOD_COPY) as tmp:
         shutil.copyfile(lock, tmp)
 
 
-def repair(root: Path) -> list[str]:
-    """Put DVC's files back into a state `dvc repro` can start from; one line per thing done."""
+def repair(root: Path, declared: dict[str, tuple[int, int, bool]] | None = None) -> list[str]:
+    """Put DVC's files back into a state `dvc repro` can start from and use; one line per thing done.
+    `declared`: the stages' shapes (declared_shapes, read from dvc.yaml when not given)."""
     done = []
-    problem = lock_problem(root / LOCK)
+    lock, good = root / LOCK, root / GOOD_COPY
+    problem = lock_problem(lock)
+    good_ok = good.exists() and lock_problem(good) is None
+    if problem is None and lock.exists() and good_ok:
+        problem = short_entry(lock, declared_shapes(root) if declared is None else declared)
     if problem is not None:
-        shutil.copyfile(root / LOCK, root / TORN)
-        good = root / GOOD_COPY
-        if good.exists() and lock_problem(good) is None:
-            with atomic_path(root / LOCK) as tmp:
+        shutil.copyfile(lock, root / TORN)
+        if good_ok:
+            with atomic_path(lock) as tmp:
                 shutil.copyfile(good, tmp)
             done.append(f"{LOCK} was cut short while DVC wrote it ({problem[:120]}); kept it as {TORN} and "
                         f"restored the copy taken when the last stage started ({GOOD_COPY}): dvc repro redoes at "
                         "most that stage, from its finished work")
         else:
-            (root / LOCK).unlink()
+            lock.unlink()
             done.append(f"{LOCK} was cut short while DVC wrote it ({problem[:120]}); kept it as {TORN} and removed "
                         "it (no earlier copy): dvc repro reruns every stage, each restoring its finished work")
     rwlock = root / ".dvc" / "tmp" / "rwlock"
