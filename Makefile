@@ -15,7 +15,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # repair first: a kill while DVC rewrote dvc.lock (or .dvc/tmp/rwlock) leaves a file DVC refuses to start from
+# the params check first too: on a broken params.yaml DVC's own error names dvc.yaml's matrix, not the key to fix
 repro: repair
+	$(BIN)/python -m distillery.core.config params.yaml
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 repair: $(STAMP)

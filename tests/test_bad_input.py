@@ -6,6 +6,7 @@ test_checkpoint_files.py the weight files.)"""
 import importlib.util
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -139,3 +140,16 @@ def test_a_params_file_that_is_not_there_or_not_yaml(tmp_path, capsys):
     rc = run_stage("prepare", lambda ctx: "x", argv=["--params", str(binary)])
     err = capsys.readouterr().err
     assert rc == 2 and "model.pt" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.skipif(not (ROOT / ".venv" / "bin" / "python").exists(), reason="make repro runs the project's .venv")
+def test_make_repro_on_an_empty_params_file_says_so_in_one_line_before_dvc(tmp_path):
+    """DVC alone fails on dvc.yaml's matrix ("Could not find 'arms.without_teacher'"), naming no file to fix."""
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy2(ROOT / name, tmp_path / name)  # older than the venv's stamp: make installs nothing
+    (tmp_path / ".venv").symlink_to(ROOT / ".venv")
+    (tmp_path / "params.yaml").write_text("")
+    out = subprocess.run(["make", "repro"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    ours = [line for line in out.stderr.splitlines() if line.startswith("distillery")]
+    assert out.returncode != 0 and "Traceback" not in out.stderr and "failed to parse" not in out.stderr, out.stderr
+    assert ours == [ours[0]] and "params.yaml is empty" in ours[0] and "make profile NAME=digits" in ours[0], ours

@@ -253,6 +253,8 @@ def test_a_tiny_size_for_big_photos_is_named_and_points_at_a_profile():
 
     msg = size_advice(320, 16)
     assert "data.image_size=16" in msg and "320 px" in msg and "photos-small" in msg and "\n" not in msg
-    assert size_advice(48, 16) is None  # the images are small themselves
+    small = size_advice(28, 16)  # small images shrunk below their native size: say how to keep it
+    assert "data.image_size=16" in small and "data.image_size: 28" in small and "native" in small
+    assert size_advice(16, 16) is None and size_advice(8, 16) is None  # kept, or enlarged (the built-in digits)
     assert size_advice(800, 64) is None  # 64 px is a sensible training size for photos on a CPU
     assert size_advice(None, 16) is None  # built-in sources: nothing to compare with

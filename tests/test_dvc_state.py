@@ -156,3 +156,16 @@ def test_repair_waits_for_no_running_dvc_and_refuses_in_one_line(project, capsys
     assert len(err) == 1 and "another DVC process" in err[0]
     assert (project / "dvc.lock").read_bytes() == torn
     assert main() == 0 and "dvc.lock.torn" in capsys.readouterr().out
+
+
+def test_a_half_written_run_cache_entry_is_removed_and_finished_ones_kept(project):
+    """DVC names a finished entry by its hash and writes it as `.<token>.tmp` first (dvc/stage/cache.py)."""
+    folder = project / ".dvc" / "cache" / "runs" / "ab" / ("ab" + "0" * 62)
+    folder.mkdir(parents=True)
+    finished, torn = folder / ("c" * 64), folder / ".Zx81_kQ.tmp"
+    finished.write_text("cmd: python x.py\n")
+    torn.write_text("cmd: python x.py\ndeps:\n- path: data\n  hash: md")
+    done = repair(project)
+    assert len(done) == 1 and "1 half-written run-cache entry" in done[0], done
+    assert finished.exists() and not torn.exists()
+    assert repair(project) == []

@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = compare_effects(committed, json.loads(effects.read_text()))
     env_text = " ".join(f"{k}={v}" for k, v in env.items()) or "the default floating-point path"
     note = (f"Rerun: `make repro` on a fresh clone under {env_text}"
-            + (f", {seconds / 60:.1f} min including the venv" if seconds else "") + f", {platform.node() or 'this host'}.")
+            + (f", {seconds / 60:.1f} min including the venv" if seconds else "") + f", {platform.node() or 'this host'}."
+            if args.effects is None else f"Rerun: the run that wrote {args.effects} (`--effects`; not run here).")
     text = render(rows, machine_line(root / "reports" / "report.md"),
                   machine_line(where) if where.exists() else "not recorded", note)
     args.out.write_text(text)

@@ -8,6 +8,7 @@ the bad value and what is allowed.
 from __future__ import annotations
 
 import difflib
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -546,8 +547,24 @@ def load_params(path: str | Path) -> Params:
         raise ConfigError(f"{path} is not a text file (a params file is YAML); check --params") from None
     if raw is None:  # DVC refuses it too (no `arms` for dvc.yaml): an emptied file, not a wish for defaults
         raise ConfigError(f"{path} is empty or only comments; allowed: the sections of the shipped params.yaml "
-                          "(git checkout params.yaml restores it)")
+                          "(git checkout params.yaml restores it; make profile NAME=digits writes a whole recipe)")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must be a mapping of sections (seed, data, train, ...), got a "
                           f"{type(raw).__name__}")
     return parse_params(raw)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m distillery.core.config [params.yaml]`: the check `make repro` makes before DVC reads dvc.yaml,
+    whose own message on a broken params file ("failed to parse 'stages.sweep.matrix'") names no key to fix."""
+    path = (argv if argv is not None else sys.argv[1:]) or ["params.yaml"]
+    try:
+        load_params(path[0])
+    except ConfigError as exc:
+        print(f"distillery: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

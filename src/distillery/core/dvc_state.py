@@ -39,6 +39,9 @@ from .paths import project_root
 LOCK = "dvc.lock"
 GOOD_COPY = Path("checkpoints") / "dvc.lock.good"  # ignored by git, removed by make clean-outputs
 TORN = "dvc.lock.torn"
+# DVC writes a run-cache entry to `.<random>.tmp` beside it, then renames it (dvc/stage/cache.py: save); a
+# kill between leaves the .tmp, which StageCache._load takes as the stage's newest entry
+RUN_CACHE = Path(".dvc") / "cache" / "runs"
 
 
 MD5 = re.compile(r"[0-9a-f]{32}(\.dir)?")
@@ -108,25 +111,32 @@ def lock_problem(path: Path) -> str | None:
     None: usable, no lock, or no DVC here to judge it (see _refusal)."""
     if not path.exists() or not _dvc_installed():
         return None
-    text = path.read_bytes()
+    return _problem_of(path.read_bytes(), path.name)
+
+
+@functools.lru_cache(maxsize=8)  # repair judges the good copy on every call, the benchmark on every cut
+def _problem_of(text: bytes, name: str) -> str | None:
     if text and not text.endswith(b"\n"):
         return "it does not end with a newline, as every lock DVC writes does"
-    exc = _refusal(path)
+    exc = _refusal_of(text, name)
     if exc is not None:
         return " ".join(str(exc).split()) or type(exc).__name__
+    stages = (_load(text) or {}).get("stages") or {}
+    return next((p for name, entry in stages.items() if (p := entry_problem(name, entry)) is not None), None)
+
+
+def _load(text: bytes):
+    """PyYAML's safe load (its C loader when built: a lock is ~60 KB); DVC has already accepted the text."""
     import yaml
 
-    stages = (yaml.safe_load(text) or {}).get("stages") or {}
-    return next((p for name, entry in stages.items() if (p := entry_problem(name, entry)) is not None), None)
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def short_entry(path: Path, declared: dict[str, tuple[int, int, bool]]) -> str | None:
     """The lock's last entry, when it lacks deps, params or outs its stage declares: `declared` maps a stage
     name to (deps, outs, has params) as dvc.yaml defines it now. Only the last entry can be cut short (a torn
     write is a prefix of a whole lock); a stage whose definition grew since reruns either way."""
-    import yaml
-
-    stages = (yaml.safe_load(path.read_bytes()) or {}).get("stages") or {}
+    stages = (_load(path.read_bytes()) or {}).get("stages") or {}
     if not stages:
         return None
     name, entry = list(stages.items())[-1]
@@ -201,6 +211,12 @@ def repair(root: Path, declared: dict[str, tuple[int, int, bool]] | None = None)
         rwlock.unlink()
         done.append(f"removed {rwlock.relative_to(root)}, cut short while DVC wrote it (it lists running DVC "
                     "processes only)")
+    stray = sorted((root / RUN_CACHE).glob("*/*/*.tmp"))
+    for path in stray:
+        path.unlink()
+    if stray:
+        done.append(f"removed {len(stray)} half-written run-cache entr{'y' if len(stray) == 1 else 'ies'} from "
+                    f"{RUN_CACHE} (DVC reads the newest file of a stage's folder, finished or not)")
     return done
 
 

@@ -36,7 +36,7 @@ class RawDataset:
     labels: np.ndarray  # int64 (N,)
     classes: list[str]
     skipped: list[dict[str, str]] = field(default_factory=list)
-    median_short_side: int | None = None  # of the source images before resizing (folders only)
+    median_short_side: int | None = None  # of the source images before resizing (a built-in source's native size)
 
 
 # ---------------------------------------------------------------- sources
@@ -53,7 +53,8 @@ def load_digits_source(size: int) -> RawDataset:
     bunch = load_digits()
     # Pixel values are counts 0..16; map them onto the usual 0..255 byte range.
     images = np.clip(np.rint(bunch.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
-    return RawDataset(_resize_gray_arrays(images, size), bunch.target.astype(np.int64), [str(c) for c in range(10)])
+    return RawDataset(_resize_gray_arrays(images, size), bunch.target.astype(np.int64), [str(c) for c in range(10)],
+                      median_short_side=8)
 
 
 def load_mnist5k_source(size: int) -> RawDataset:
@@ -61,7 +62,8 @@ def load_mnist5k_source(size: int) -> RawDataset:
 
     x, y = mnist_data()
     images = x.reshape(-1, 28, 28).astype(np.uint8)
-    return RawDataset(_resize_gray_arrays(images, size), y.astype(np.int64), [str(c) for c in range(10)])
+    return RawDataset(_resize_gray_arrays(images, size), y.astype(np.int64), [str(c) for c in range(10)],
+                      median_short_side=28)
 
 
 def _to_mode(img: Image.Image, channels: int) -> Image.Image:
@@ -248,14 +250,22 @@ def load_source(cfg: DataConfig, cache_dir: Path) -> RawDataset:
 
 # ---------------------------------------------------------------- split
 def size_advice(median_short_side: int | None, image_size: int) -> str | None:
-    """A warning when the images are far larger than the size they are trained at (a photo at 16 px is a smudge)."""
-    if median_short_side is None or image_size >= 64 or median_short_side < 4 * image_size:
+    """A warning when training shrinks the images: far below a photo's size (a photo at 16 px is a smudge), or
+    below a small image's native size (the default's 16 px is sized for the built-in 8-px digits)."""
+    if median_short_side is None or median_short_side <= image_size:
         return None
-    return (f"data.image_size={image_size} is {median_short_side / image_size:.0f}x below your images' median short "
-            f"side ({median_short_side} px): most of each photo is thrown away; for photos try "
-            "`make profile NAME=photos-small` (64 px, random-resized crops) or raise data.image_size")
+    if median_short_side >= 4 * image_size and image_size < 64:
+        return (f"data.image_size={image_size} is {median_short_side / image_size:.0f}x below your images' median "
+                f"short side ({median_short_side} px): most of each photo is thrown away; for photos try "
+                "`make profile NAME=photos-small` (64 px, random-resized crops) or raise data.image_size")
+    if median_short_side < 64:
+        return (f"data.image_size={image_size} shrinks your {median_short_side}-px images (the default is sized for "
+                f"the built-in 8-px digits); data.image_size: {median_short_side} keeps their native size "
+                "(student.patch_size must divide it)")
+    return None
 
 
+# ---------------------------------------------------------------- split
 def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int,
                      class_names: list[str] | None = None) -> dict[str, np.ndarray]:
     """Indices per split. Every class gets at least one image in each split, so it needs >= 3."""

@@ -21,7 +21,10 @@ def cpu_model() -> str:
 def machine_info(device: torch.device | None = None) -> dict[str, object]:
     info: dict[str, object] = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
                                "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-                               "os": platform.platform(terse=True)}
+                               "os": platform.platform(terse=True),
+                               # the kernels PyTorch picked (AVX512, AVX2, DEFAULT): another one is another rounding
+                               # path, which retrains every model differently (docs/reproducibility.md)
+                               "cpu_isa": torch.backends.cpu.get_cpu_capability()}
     if device is not None and device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     else:
