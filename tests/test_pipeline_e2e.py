@@ -70,7 +70,7 @@ def test_metrics_and_verdicts_are_real(repo):
         assert own is None or own < 0.5  # the reference's own share on images it gets wrong in most seeds
     report = (dest / "reports/report.md").read_text()
     for words in ("same recipe", "Holm", "identical for every arm", "control", "Machine:", "KL normalisation",
-                  "What the teacher passes on", "Transferable"):
+                  "What the teacher passes on", "Transferable", "Did the students finish learning?"):
         assert words in report, words
 
 
@@ -102,6 +102,7 @@ def test_mlflow_has_test_metrics_one_summary_and_each_arms_pick_registered(repo)
     client = MlflowClient(tracking_uri=f"sqlite:///{dest / 'mlflow.db'}")
     exp = client.get_experiment_by_name("distillery")
     runs = client.search_runs([exp.experiment_id], max_results=500, order_by=["attributes.start_time DESC"])
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's model-training mode
     ev = json.loads((dest / "metrics/evaluation.json").read_text())
     finals = [r for r in runs if r.data.tags.get("model_kind") == "final"]
     assert len(finals) == len(ARMS) * 3
@@ -115,6 +116,8 @@ def test_mlflow_has_test_metrics_one_summary_and_each_arms_pick_registered(repo)
         assert summary.data.metrics[f"{name}.delta"] == pytest.approx(c["diff"])
         assert summary.data.tags[f"verdict.{name}"] == c["verdict"]
         assert summary.data.tags.get(f"sized.{name}") == (None if c["sized"] is None else str(c["sized"]).lower())
+    linked = {m.model_id for m in client.get_run(summary.info.run_id).inputs.model_inputs}
+    assert linked == {client.get_run(r.info.run_id).outputs.model_outputs[0].model_id for r in finals}
     listed = {a.path for a in client.list_artifacts(summary.info.run_id)}
     assert {"report.md", "headline.json", "effects.json", "figures"} <= listed
     for arm in ARMS:  # the registered pick is the best seed by val objective, never by test
@@ -124,6 +127,22 @@ def test_mlflow_has_test_metrics_one_summary_and_each_arms_pick_registered(repo)
         best = min(per_seed, key=lambda s: (-per_seed[s]["objective"], int(s)))
         version = client.get_model_version_by_alias(f"distillery-{arm}", "current")
         assert version.tags["seed"] == best, arm
+        picked = next(r for r in finals if r.data.tags["arm"] == arm and r.data.tags["seed"] == best)
+        assert version.run_id == picked.info.run_id, arm  # the registry points back at the run that trained it
+    from distillery.data import load_prepared
+
+    digests = load_prepared(dest / "data/prepared").split_digests
+    for r in finals:  # MLflow 3's Models and Dataset columns: one logged model with its test metrics, two splits
+        (output,) = client.get_run(r.info.run_id).outputs.model_outputs
+        model = client.get_logged_model(output.model_id)
+        assert model.source_run_id == r.info.run_id and "test_acc" in {m.key for m in model.metrics}
+    for r in runs:
+        if r.data.tags.get("model_kind") in ("final", "sweep_trial", "teacher"):
+            logged = client.get_run(r.info.run_id).inputs.dataset_inputs
+            inputs = {i.dataset.name: i.dataset.digest for i in logged}
+            assert inputs == {"prepared/train": digests["train"], "prepared/val": digests["val"]}, r.info.run_name
+        if r.data.tags.get("model_kind"):
+            assert r.data.tags.get("mlflow.note.content") and r.data.tags.get("mlflow.source.name"), r.info.run_name
 
 
 def _served_probabilities(dest, uri, images, env):

@@ -53,3 +53,57 @@ def test_served_model_is_the_evaluation_view_and_the_averaged_heads(name):
     served = ServedClassifier(net, mean, std, 8)(x)
     assert torch.allclose(served, expected, atol=1e-6)
     assert np.allclose(served.sum(-1).numpy(), 1.0, atol=1e-6)
+
+
+def test_a_final_model_is_a_logged_model_of_its_run_with_its_metrics_and_datasets(tmp_path, monkeypatch):
+    """MLflow 3's view (issue 34): the run lists the model, the model its test metrics, the registry version
+    points back to the run, the dataset inputs carry the split digests, and pyfunc loads it."""
+    import mlflow
+
+    from distillery.core.tracking import log_dataset_inputs
+    from distillery.data.datasets import Prepared, Split
+    from distillery.evaluation.publish import log_served_model, register
+    from distillery.training.models import save_model, vit_spec
+
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = mlflow.set_experiment("distillery")
+    rng = np.random.default_rng(0)
+    splits = {s: Split(rng.integers(0, 256, (n, 1, 8, 8), dtype=np.uint8), rng.integers(0, 3, n))
+              for s, n in (("train", 12), ("val", 6))}
+    data = Prepared(splits, ["a", "b", "c"], [0.5], [0.25])
+
+    class Student:  # what vit_spec reads of student_cfg
+        patch_size, embed_dim, depth, num_heads = 4, 16, 1, 2
+
+    spec = vit_spec("student", "deit_tiny_distilled_patch16_224", 8, 1, 3, Student, 0.0)
+    save_model(tmp_path / "soft-seed1.pt", spec.build(0), spec)
+    run_id = mlflow.MlflowClient().create_run(experiment.experiment_id, run_name="soft-seed1").info.run_id
+    log_dataset_inputs(run_id, data)
+    uri = log_served_model(run_id, tmp_path / "soft-seed1.pt", data, "soft", 1, experiment.experiment_id,
+                           {"test_acc": 0.75})
+    client = mlflow.MlflowClient()
+    run = client.get_run(run_id)
+    (output,) = run.outputs.model_outputs
+    model = client.get_logged_model(output.model_id)
+    assert uri == f"models:/{model.model_id}" and model.source_run_id == run_id and model.status == "READY"
+    assert [(m.key, m.value) for m in model.metrics] == [("test_acc", 0.75)]
+    assert "width 16, depth 1, 2 heads" in model.tags["architecture"]
+    inputs = {i.dataset.name: (i.dataset.digest, [t.value for t in i.tags]) for i in run.inputs.dataset_inputs}
+    assert inputs == {f"prepared/{s}": (data.split_digests[s], [s]) for s in ("train", "val")}
+    version = register(client, "distillery-soft", uri, tags={})
+    assert client.get_model_version("distillery-soft", version).run_id == run_id
+    probs = mlflow.pyfunc.load_model("models:/distillery-soft@current").predict(splits["val"].x)
+    assert probs.shape == (6, 3) and np.allclose(probs.sum(-1), 1.0, atol=1e-5)
+
+
+def test_split_digests_change_with_the_split_and_only_then():
+    from distillery.data.datasets import Prepared, Split
+
+    x, y = np.arange(64, dtype=np.uint8).reshape(4, 1, 4, 4), np.array([0, 1, 0, 1])
+    one = Prepared({"train": Split(x, y), "val": Split(x[:2], y[:2])}, ["a", "b"], [0.5], [0.2])
+    same = Prepared({"train": Split(x.copy(), y.copy()), "val": Split(x[:2], y[:2])}, ["a", "b"], [0.5], [0.2])
+    other = Prepared({"train": Split(x[::-1], y[::-1]), "val": Split(x[:2], y[:2])}, ["a", "b"], [0.5], [0.2])
+    assert one.split_digests == same.split_digests
+    assert other.split_digests["train"] != one.split_digests["train"]
+    assert other.split_digests["val"] == one.split_digests["val"]

@@ -1,7 +1,7 @@
 """Classify image files with a logged model: python -m distillery.predict --model URI IMAGE_OR_FOLDER...
 
-URI: anything mlflow.pyfunc.load_model takes (models:/distillery-soft@current, runs:/<id>/model,
-models:/<model id>, or a local folder). Images of any size and mode (gray, RGB, RGBA, palette, 16-bit)
+URI: anything mlflow.pyfunc.load_model takes (models:/distillery-soft@current, models:/<model id> of a
+final run's logged model, or a local folder). Images of any size and mode (gray, RGB, RGBA, palette, 16-bit)
 are converted the way prepare stores them; folders are read recursively. Prints one line per image:
 the top classes with their probabilities.
 """
@@ -77,7 +77,8 @@ def format_line(path: Path, probs: np.ndarray, classes: list[str], top: int) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m distillery.predict", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="models:/<name>@<alias>, runs:/<run id>/model or a folder")
+    parser.add_argument("--model", required=True,
+                        help="models:/<name>@<alias>, models:/<model id> (a final run's logged model) or a folder")
     parser.add_argument("--top", type=int, default=3, help="classes shown per image (default 3)")
     parser.add_argument("images", nargs="+", help="image files or folders")
     args = parser.parse_args(argv)

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import subprocess
+import sys
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from .processes import is_gone_here, this_process
 from .paths import Layout
 
 PROCESS_TAG = "host_pid"  # which process runs it: lets a later stage close the runs of a killed one
+KIND_TAG = "mlflow.experimentKind"  # the UI's mode for the experiment (its values: mlflow/server/js)
 MODEL_SHA_TAG = "model_sha256"  # on a final run: the SHA-256 of the model file it wrote, how evaluate finds it
 
 
@@ -83,6 +85,8 @@ def setup_tracking(cfg: TrackingConfig, layout: Layout, monitor: bool = True) ->
     try:
         with FileLock(str(lock), timeout=600):
             experiment = mlflow.set_experiment(cfg.experiment)
+            if KIND_TAG not in experiment.tags:  # else the UI guesses, and opens a training project in GenAI mode
+                mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, KIND_TAG, "custom_model_development")
         close_runs_of_gone_processes(experiment.experiment_id)
     except Exception as exc:  # any store failure must end in one readable line
         raise TrackingError(f"could not open MLflow store {uri}: {type(exc).__name__}: {exc}"[:500]) from None
@@ -119,11 +123,32 @@ def params_hash(params: Params) -> str:
 
 
 def base_tags(layout: Layout, params: Params, stage: str, **extra: str) -> dict[str, str]:
-    tags = {"git_commit": git_commit(layout.root), "dvc_stage": stage, "params_hash": params_hash(params),
-            **{k: str(v) for k, v in extra.items()}}
+    commit = git_commit(layout.root)
+    tags = {"git_commit": commit, "dvc_stage": stage, "params_hash": params_hash(params),
+            **{k: str(v) for k, v in extra.items()}, **source_tags(layout, commit)}
+    if extra.get("model_kind") in DESCRIPTIONS:
+        tags["mlflow.note.content"] = DESCRIPTIONS[extra["model_kind"]]
     if os.environ.get("DVC_EXP_NAME"):  # set by DVC for `dvc exp run`: find an experiment's runs in MLflow
         tags["dvc_exp"] = os.environ["DVC_EXP_NAME"]
     return tags
+
+
+def source_tags(layout: Layout, commit: str) -> dict[str, str]:
+    """MLflow's Source and Created-by, which its client API (open_run) leaves empty: the stage script that made
+    the run, its commit and the user."""
+    import getpass
+
+    script = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+    try:
+        name = str(script.relative_to(layout.root.resolve())) if script else "distillery"
+    except ValueError:  # run from outside the project (a test, a notebook)
+        name = script.name
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        user = "unknown"
+    return {"mlflow.source.name": name, "mlflow.source.type": "LOCAL", "mlflow.source.git.commit": commit,
+            "mlflow.user": user}
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -201,6 +226,35 @@ def open_run(name: str, tags: dict[str, str], params: dict[str, Any] | None = No
     for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
         client.log_batch(run.info.run_id, params=items[i:i + 100])
     return run.info.run_id
+
+
+DESCRIPTIONS = {  # by the `model_kind` tag: the run's description (MLflow's note, on the run's page)
+    "teacher": "The teacher CNN, trained once on the train split; the distilled arms learn from it.",
+    "sweep": "One arm's Optuna study on the val split: its trials are the nested runs; best.json holds the winner.",
+    "sweep_trial": "One Optuna trial: the arm trained at the trial's settings for the full final budget, scored on "
+                   "val.",
+    "final": "One final seed of an arm at its study's winning settings; test metrics and its logged model come "
+             "from the evaluate stage.",
+    "summary": "The report of this dvc repro: every comparison's Δ, interval and verdict, and the final runs it "
+               "summarises.",
+}
+
+
+def log_dataset_inputs(run_id: str, data: Any, splits: tuple[str, ...] = ("train", "val")) -> None:
+    """The prepared splits a run trained and was scored on, as MLflow dataset inputs (the Dataset column):
+    named `prepared/<split>`, the split as its context, digest Prepared.split_digests."""
+    import mlflow
+    from mlflow.entities import DatasetInput, InputTag
+
+    inputs = []
+    for split in splits:
+        if split not in data.splits:
+            continue
+        part = data.splits[split]
+        dataset = mlflow.data.from_numpy(part.x, targets=part.y, name=f"prepared/{split}",
+                                         digest=data.split_digests[split])  # given: MLflow hashes nothing
+        inputs.append(DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", split)]))
+    mlflow.MlflowClient().log_inputs(run_id, inputs)
 
 
 def close_run(run_id: str, error: BaseException | None = None) -> None:

@@ -7,6 +7,7 @@ tens of thousands of images, and the whole training set then lives in memory as 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -322,6 +323,18 @@ class Prepared:
     def image_size(self) -> int:
         """The size models see: the stored images are cropped (randomly in training, centrally otherwise) to it."""
         return self.train_size or self.storage_size
+
+    @functools.cached_property
+    def split_digests(self) -> dict[str, str]:
+        """One digest per loaded split (its images, labels and class names): MLflow's dataset inputs carry it,
+        so a changed split (data.split_seed, other files) shows as another dataset."""
+        digests = {}
+        for name, split in self.splits.items():
+            h = hashlib.sha1(json.dumps(self.classes).encode())
+            h.update(np.ascontiguousarray(split.x).tobytes())
+            h.update(np.ascontiguousarray(split.y).tobytes())
+            digests[name] = h.hexdigest()[:16]
+        return digests
 
     def fingerprint(self) -> str:
         """Identifies the training data; a checkpoint from other data must not be resumed."""

@@ -76,18 +76,31 @@ def served_model(path: Path, data: Any) -> tuple[Any, dict[str, Any], np.ndarray
     net, spec, _ = load_model(path, expect_classes=data.num_classes, expect_chans=data.channels)
     served = ServedClassifier(net, data.mean, data.std, data.image_size)
     card = model_card(data.classes, data.channels, data.storage_size, data.image_size, data.mean, data.std,
-                      architecture=spec.name)
+                      architecture=architecture_of(spec, net), timm_model=spec.name, timm_kwargs=spec.kwargs)
     return served, card, np.array(data.splits["val"].x[:1])
 
 
-def log_served_model(run_id: str, path: Path, data: Any, arm: str, seed: int) -> str:
-    """Save the checkpoint as an MLflow Model (signature, input example, model card) into its run's
-    artifacts under model/, without reopening the run; its runs:/ URI."""
+def architecture_of(spec: Any, net: Any) -> str:
+    """What the model is, not only the timm name it was built from (a 16-px, 4-block student is no DeiT-Tiny)."""
+    from ..training.models import count_params
+
+    k = spec.kwargs
+    size = (f", {k['img_size']} px, patch {k['patch_size']}, width {k['embed_dim']}, depth {k['depth']}, "
+            f"{k['num_heads']} heads" if "embed_dim" in k else "")
+    return f"{spec.name}{size}, {count_params(net) / 1e6:.2f} M parameters"
+
+
+def log_served_model(run_id: str, path: Path, data: Any, arm: str, seed: int, experiment_id: str,
+                     metrics: dict[str, float]) -> str:
+    """The checkpoint as an MLflow 3 logged model of its run (the run's Models column and "Logged models";
+    signature, input example, model card), the test metrics logged against it, without reopening the run;
+    its models:/ URI, which the registry resolves back to this run."""
     import logging
     import tempfile
 
     import mlflow
     import mlflow.pytorch
+    from mlflow.entities import LoggedModelOutput
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
@@ -95,13 +108,21 @@ def log_served_model(run_id: str, path: Path, data: Any, arm: str, seed: int) ->
     signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *example.shape[1:]))]),
                                outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, data.num_classes))]))
     logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # a pickle warning per model: said once, in the docs
+    client = mlflow.MlflowClient()
+    model = client.create_logged_model(experiment_id, name=f"{arm}-seed{seed}", source_run_id=run_id,
+                                       tags={"arm": arm, "seed": str(seed), "architecture": card["architecture"]},
+                                       model_type="image classifier")
     with tempfile.TemporaryDirectory() as tmp:
         # pickle, not pt2: torch.export would fix the batch size at the input example's
         mlflow.pytorch.save_model(served, f"{tmp}/model", signature=signature, input_example=example,
                                   metadata={**card, "arm": arm, "seed": seed}, pip_requirements=_requirements(),
                                   serialization_format="pickle")
-        mlflow.MlflowClient().log_artifacts(run_id, f"{tmp}/model", artifact_path="model")
-    return f"runs:/{run_id}/model"
+        client.log_model_artifacts(model.model_id, f"{tmp}/model")
+    client.finalize_logged_model(model.model_id, "READY")
+    client.log_outputs(run_id, [LoggedModelOutput(model.model_id, 0)])
+    for name, value in metrics.items():
+        client.log_metric(run_id, name, value, model_id=model.model_id)
+    return f"models:/{model.model_id}"
 
 
 def _requirements() -> list[str]:
@@ -138,12 +159,14 @@ def publish(layout: Layout, params: Any, data: Any, models: dict[str, list[tuple
             if run_id is None:
                 done.missing += 1
                 continue
-            for name, value in seed_test_metrics(evaluation, arm, seed).items():
-                client.log_metric(run_id, name, value)
+            metrics = seed_test_metrics(evaluation, arm, seed)
             done.runs += 1
-            if params.tracking.log_models:
-                uris[seed] = log_served_model(run_id, path, data, arm, seed)
+            if params.tracking.log_models:  # the metrics on the run and on its model
+                uris[seed] = log_served_model(run_id, path, data, arm, seed, experiment_id, metrics)
                 done.models += 1
+            else:
+                for name, value in metrics.items():
+                    client.log_metric(run_id, name, value)
         if uris:
             seed = pick_seed(val_objectives(layout, arm), sorted(uris))
             name = f"{params.tracking.experiment}-{arm}"

@@ -27,6 +27,29 @@ def summary_metrics(comps: list[Comparison], evaluation: dict[str, Any], arms: l
     return {k: float(v) for k, v in out.items() if v is not None and abs(float(v)) != float("inf")}
 
 
+def link_final_models(run_id: str, experiment_id: str, params_hash: str, arms: list[str]) -> int:
+    """The final models this report summarises as the summary run's model inputs (its page lists them, each
+    linking to the run that trained it): per arm and seed, the newest logged model of a final run with these
+    params. Returns how many."""
+    import mlflow
+    from mlflow.entities import LoggedModelInput
+
+    client = mlflow.MlflowClient()
+    finals = client.search_runs([experiment_id], f"tags.model_kind = 'final' and tags.params_hash = '{params_hash}'",
+                                max_results=5000, order_by=["attributes.start_time DESC"])
+    newest: dict[tuple[str, str], str] = {}
+    for run in finals:
+        key = (run.data.tags.get("arm", ""), run.data.tags.get("seed", ""))
+        if key[0] in arms and key not in newest:
+            outputs = client.get_run(run.info.run_id).outputs
+            if outputs and outputs.model_outputs:
+                newest[key] = outputs.model_outputs[-1].model_id
+    models = [LoggedModelInput(model_id) for _, model_id in sorted(newest.items())]
+    if models:
+        client.log_inputs(run_id, models=models)
+    return len(models)
+
+
 def log_summary(layout: Layout, params: Params, comps: list[Comparison], evaluation: dict[str, Any],
                 arms: list[str], files: list[Path]) -> str:
     import mlflow
@@ -41,6 +64,7 @@ def log_summary(layout: Layout, params: Params, comps: list[Comparison], evaluat
                 "primary": params.report.primary or "none"}
     with start_run("summary", tags, settings) as run:
         mlflow.log_metrics(summary_metrics(comps, evaluation, arms))
+        link_final_models(run.info.run_id, run.info.experiment_id, tags["params_hash"], arms)
         for path in files:
             if path.is_dir():
                 mlflow.log_artifacts(str(path), artifact_path=path.name)

@@ -26,8 +26,8 @@ import torch.nn as nn
 from ..core.files import atomic_path, write_csv, write_json, write_text
 from ..data import Prepared
 from .models import ModelSpec, count_params, save_model, state_digest
-from ..core.tracking import (MODEL_SHA_TAG, EpochLogger, close_run, file_sha256, open_run, resume_run, start_run,
-                             system_metrics)
+from ..core.tracking import (MODEL_SHA_TAG, EpochLogger, close_run, file_sha256, log_dataset_inputs, open_run,
+                             resume_run, start_run, system_metrics)
 from .checkpoints import checkpoint_fingerprint, previous_of
 from .loop import EpochCallback, Member, Recipe, fit, fit_group
 from .distributed import Ranks
@@ -77,6 +77,8 @@ def tracked_fit(*, name: str, net: nn.Module, spec: ModelSpec, data: Prepared, r
     ctx = resume_run(resume_id) if resume_id else start_run(name, tags, {**log_params, "num_params": count_params(net)})
     with ctx as run:
         write_text(checkpoint.with_suffix(".mlflow_run"), run.info.run_id)
+        if not resume_id:  # a resumed run has its inputs already
+            log_dataset_inputs(run.info.run_id, data)
         history = fit(net, data, recipe, teacher=teacher, callbacks=[EpochLogger(), *extra_callbacks],
                       checkpoint=checkpoint, desc=name, fingerprint_extra=fingerprint_extra,
                       teacher_cache=teacher_cache, ranks=ranks)
@@ -103,9 +105,13 @@ def tracked_fit_group(units: list[Unit], data: Prepared, *, teacher: nn.Module |
     todo = [i for i in range(len(units)) if i not in results]
     if not todo:  # every run finished before the stage was interrupted
         return [results[i] for i in range(len(units))]
+    resumed = {i: _resumable_run(units[i], prints[i]) for i in todo}
     run_ids = {i: open_run(units[i].name, units[i].tags,
                            {**units[i].log_params, "num_params": count_params(units[i].net)},
-                           resume_id=_resumable_run(units[i], prints[i])) for i in todo}
+                           resume_id=resumed[i]) for i in todo}
+    for i in todo:
+        if not resumed[i]:  # a resumed run has its inputs already
+            log_dataset_inputs(run_ids[i], data)
     members = []
     for i in todo:
         write_text(units[i].checkpoint.with_suffix(".mlflow_run"), run_ids[i])

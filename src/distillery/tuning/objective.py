@@ -25,7 +25,7 @@ from ..training.models import count_params, state_digest
 from ..training.runs import run_identity
 from ..training.plan import trial_run
 from ..training.teacher_cache import TeacherCache
-from ..core.tracking import EpochLogger, close_run, open_run
+from ..core.tracking import EpochLogger, close_run, log_dataset_inputs, open_run
 from .studies import first_prunable_epoch, heartbeat, suggest_space, trial_label
 
 
@@ -86,6 +86,7 @@ def make_batch_objective(params: Params, arm: str, data: Prepared, teacher: nn.M
         logged = {**run.log_params(params), "num_params": count_params(net)}  # the keys a final run logs
         run_id = open_run(run.name, {**tags, "trial_number": str(label), "optuna_trial": str(trial.number)}, logged,
                           nested_in=parent)
+        log_dataset_inputs(run_id, data)
 
         def report(record: dict[str, Any]) -> None:
             heartbeat(trial)
