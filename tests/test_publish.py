@@ -107,3 +107,17 @@ def test_split_digests_change_with_the_split_and_only_then():
     assert one.split_digests == same.split_digests
     assert other.split_digests["train"] != one.split_digests["train"]
     assert other.split_digests["val"] == one.split_digests["val"]
+
+
+def test_the_dataset_digest_of_a_prepared_split_changes_with_data_split_seed(tmp_path):
+    from distillery.data import load_prepared
+    from distillery.data.datasets import load_digits_source, save_prepared, stratified_split
+
+    raw = load_digits_source(8)
+    digests = []
+    for split_seed in (1204, 1204, 7):
+        out = tmp_path / f"prepared-{split_seed}-{len(digests)}"
+        save_prepared(raw, stratified_split(raw.labels, 0.15, 0.2, split_seed), out, "digits")
+        digests.append(load_prepared(out).split_digests)
+    assert digests[0] == digests[1]  # the same split prepared twice: the same datasets
+    assert digests[2]["train"] != digests[0]["train"] and digests[2]["val"] != digests[0]["val"]
