@@ -169,3 +169,17 @@ def test_a_half_written_run_cache_entry_is_removed_and_finished_ones_kept(projec
     assert len(done) == 1 and "1 half-written run-cache entry" in done[0], done
     assert finished.exists() and not torn.exists()
     assert repair(project) == []
+
+
+def test_declared_shapes_are_keyed_by_the_locks_stage_names_from_any_directory(tmp_path, monkeypatch):
+    """The lock writes `final@none`; DVC's `addressing` would be `proj/dvc.yaml:final@none` from elsewhere."""
+    from distillery.core.dvc_state import declared_shapes
+
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "dvc.yaml").write_text(
+        "stages:\n  final:\n    matrix:\n      arm: [none]\n    cmd: echo ${item.arm}\n    deps: [a.txt]\n"
+        "    outs: [b.txt]\n")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path / "proj", check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path / "proj", check=True)
+    monkeypatch.chdir(tmp_path)
+    assert declared_shapes(tmp_path / "proj") == {"final@none": (1, 1, False)}

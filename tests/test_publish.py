@@ -80,9 +80,10 @@ def test_a_final_model_is_a_logged_model_of_its_run_with_its_metrics_and_dataset
     save_model(tmp_path / "soft-seed1.pt", spec.build(0), spec)
     run_id = mlflow.MlflowClient().create_run(experiment.experiment_id, run_name="soft-seed1").info.run_id
     log_dataset_inputs(run_id, data)
-    uri = log_served_model(run_id, tmp_path / "soft-seed1.pt", data, "soft", 1, experiment.experiment_id,
-                           {"test_acc": 0.75})
+    model_id = log_served_model(run_id, tmp_path / "soft-seed1.pt", data, "soft", 1, experiment.experiment_id)
+    uri = f"models:/{model_id}"
     client = mlflow.MlflowClient()
+    client.log_metric(run_id, "test_acc", 0.75, model_id=model_id)  # what publish logs on the run and its model
     run = client.get_run(run_id)
     (output,) = run.outputs.model_outputs
     model = client.get_logged_model(output.model_id)

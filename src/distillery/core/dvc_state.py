@@ -150,14 +150,15 @@ def short_entry(path: Path, declared: dict[str, tuple[int, int, bool]]) -> str |
 
 
 def declared_shapes(root: Path) -> dict[str, tuple[int, int, bool]]:
-    """Each stage's (deps, outs, has params) as DVC resolves dvc.yaml (matrix stages included); empty when
-    dvc.yaml cannot be read (DVC says why on its own when it runs)."""
+    """Each stage's (deps, outs, has params) as DVC resolves dvc.yaml (matrix stages included), keyed by its
+    name as dvc.lock writes it (not `addressing`, which names dvc.yaml relative to the working directory);
+    empty when dvc.yaml cannot be read (DVC says why on its own when it runs)."""
     try:
         from dvc.dependency.param import ParamsDependency
         from dvc.repo import Repo
 
         with Repo(str(root)) as repo:
-            return {s.addressing: (sum(not isinstance(d, ParamsDependency) for d in s.deps), len(s.outs),
+            return {s.name: (sum(not isinstance(d, ParamsDependency) for d in s.deps), len(s.outs),
                                    any(isinstance(d, ParamsDependency) for d in s.deps))
                     for s in repo.index.stages}
     except Exception:  # noqa: BLE001 - any DVC error here means "no shapes to compare with", never a crash

@@ -249,7 +249,6 @@ def load_source(cfg: DataConfig, cache_dir: Path) -> RawDataset:
     raise DataError(f"data.source='{cfg.source}' is unknown")  # the schema already refuses this
 
 
-# ---------------------------------------------------------------- split
 def size_advice(median_short_side: int | None, image_size: int) -> str | None:
     """A warning when training shrinks the images: far below a photo's size (a photo at 16 px is a smudge), or
     below a small image's native size (the default's 16 px is sized for the built-in 8-px digits)."""

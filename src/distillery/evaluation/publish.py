@@ -90,11 +90,10 @@ def architecture_of(spec: Any, net: Any) -> str:
     return f"{spec.name}{size}, {count_params(net) / 1e6:.2f} M parameters"
 
 
-def log_served_model(run_id: str, path: Path, data: Any, arm: str, seed: int, experiment_id: str,
-                     metrics: dict[str, float]) -> str:
+def log_served_model(run_id: str, path: Path, data: Any, arm: str, seed: int, experiment_id: str) -> str:
     """The checkpoint as an MLflow 3 logged model of its run (the run's Models column and "Logged models";
-    signature, input example, model card), the test metrics logged against it, without reopening the run;
-    its models:/ URI, which the registry resolves back to this run."""
+    signature, input example, model card), without reopening the run; its model id (models:/<id>, which the
+    registry resolves back to this run)."""
     import logging
     import tempfile
 
@@ -120,9 +119,7 @@ def log_served_model(run_id: str, path: Path, data: Any, arm: str, seed: int, ex
         client.log_model_artifacts(model.model_id, f"{tmp}/model")
     client.finalize_logged_model(model.model_id, "READY")
     client.log_outputs(run_id, [LoggedModelOutput(model.model_id, 0)])
-    for name, value in metrics.items():
-        client.log_metric(run_id, name, value, model_id=model.model_id)
-    return f"models:/{model.model_id}"
+    return model.model_id
 
 
 def _requirements() -> list[str]:
@@ -159,14 +156,14 @@ def publish(layout: Layout, params: Any, data: Any, models: dict[str, list[tuple
             if run_id is None:
                 done.missing += 1
                 continue
-            metrics = seed_test_metrics(evaluation, arm, seed)
-            done.runs += 1
-            if params.tracking.log_models:  # the metrics on the run and on its model
-                uris[seed] = log_served_model(run_id, path, data, arm, seed, experiment_id, metrics)
+            model_id = None
+            if params.tracking.log_models:
+                model_id = log_served_model(run_id, path, data, arm, seed, experiment_id)
+                uris[seed] = f"models:/{model_id}"
                 done.models += 1
-            else:
-                for name, value in metrics.items():
-                    client.log_metric(run_id, name, value)
+            for name, value in seed_test_metrics(evaluation, arm, seed).items():  # on the run, and on its model
+                client.log_metric(run_id, name, value, model_id=model_id)
+            done.runs += 1
         if uris:
             seed = pick_seed(val_objectives(layout, arm), sorted(uris))
             name = f"{params.tracking.experiment}-{arm}"
