@@ -14,6 +14,7 @@ import argparse
 import pandas as pd
 
 from distillery.core.arms import ARMS, get_arm, load_best
+from distillery.core.budget import resolve_epochs
 from distillery.core.cli import StageContext, main_for
 from distillery.core.errors import ConfigError
 from distillery.core.files import atomic_path, objective_of, read_json, write_json
@@ -44,7 +45,8 @@ def seeds_to_train(ctx: StageContext, arm: str) -> list[int]:
 
 
 def body(ctx: StageContext) -> str:
-    p, layout, arm = ctx.params, ctx.layout, get_arm(ctx.args.arm)
+    layout, arm = ctx.layout, get_arm(ctx.args.arm)
+    p = resolve_epochs(ctx.params, layout)  # student.epochs: auto -> the budget stage's choice
     check_model_names(p)
     best = load_best(layout, p, arm.name)
     if best.arm != arm.name or best.epochs != p.student.epochs:

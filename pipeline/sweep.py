@@ -14,6 +14,7 @@ from pathlib import Path
 import mlflow
 
 from distillery.core.arms import ARMS, get_arm, has_study, load_best, search_space, shares_recipe, study_budget
+from distillery.core.budget import resolve_epochs
 from distillery.core.cli import StageContext, main_for
 from distillery.core.errors import TrainingError
 from distillery.core.files import Best, write_csv, write_json
@@ -36,7 +37,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def body(ctx: StageContext) -> str:
-    p, layout, arm = ctx.params, ctx.layout, get_arm(ctx.args.arm)
+    layout, arm = ctx.layout, get_arm(ctx.args.arm)
+    p = resolve_epochs(ctx.params, layout)  # student.epochs: auto -> the budget stage's choice
     check_model_names(p)
     data = load_prepared(layout.prepared)
     teacher = (load_model(layout.teacher_model, expect_classes=data.num_classes, expect_chans=data.channels)[0]
@@ -44,7 +46,7 @@ def body(ctx: StageContext) -> str:
     setup_tracking(p.tracking, layout)
     budget = study_budget(p, arm.name)
     if not has_study(p, arm.name):
-        return no_study(ctx, arm, budget)
+        return no_study(ctx, p, arm, budget)
     recipe = load_best(layout, p, p.sweep.recipe_arm).hparams if shares_recipe(p, arm.name) else None
     space = search_space(p, arm.name, recipe)
     # hashed once: the data hash reads every training and val image
@@ -111,10 +113,10 @@ def body(ctx: StageContext) -> str:
 TRIAL_COLUMNS = ("number", "state", "value", "epochs_run")
 
 
-def no_study(ctx: StageContext, arm, budget: dict) -> str:
+def no_study(ctx: StageContext, p, arm, budget: dict) -> str:
     """A no-teacher arm on the shared recipe: no trial to run. Its outputs say so (an empty study and
     trials.csv, a best.json without a trial), and its MLflow sweep run carries the same budget."""
-    p, layout = ctx.params, ctx.layout
+    layout = ctx.layout
     out_dir = layout.sweep_dir(arm.name)
     name = f"{arm.name}-shared-recipe"
     open_arm_study(out_dir / "study.db", name, budget)

@@ -21,7 +21,7 @@ from conftest import copy_project, project_env, run_ok
 from filelock import FileLock
 
 ARMS = ("none", "control", "soft", "hard", "fake")
-STAGES = ("prepare", "teacher", "sweep@none", "sweep@control", "sweep_kd@soft", "sweep_kd@hard", "sweep_kd@fake",
+STAGES = ("prepare", "teacher", "budget", "sweep@none", "sweep@control", "sweep_kd@soft", "sweep_kd@hard", "sweep_kd@fake",
           "final@none", "final@control", "final_kd@soft", "final_kd@hard", "final_kd@fake", "seed_plan", "extra@none",
           "extra@control", "extra_kd@soft", "extra_kd@hard", "extra_kd@fake", "evaluate", "report")
 TINY = {

@@ -136,7 +136,15 @@ class StudentConfig(_Section):
     embed_dim: int = Field(64, ge=8)
     depth: int = Field(4, ge=1)
     num_heads: int = Field(4, ge=1)
-    epochs: int = Field(30, ge=1)
+    # an int fixes the budget of every trial and final run; auto: the budget stage picks it on val (BudgetConfig)
+    epochs: int | Literal["auto"] = Field(30)
+
+    @field_validator("epochs", mode="before")
+    @classmethod
+    def _epochs(cls, v: Any) -> Any:
+        if v != "auto" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"student.epochs={v!r} is invalid; allowed: an epoch count >= 1, or auto")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> "StudentConfig":
@@ -186,6 +194,23 @@ class ChoiceSpec(_Section):
 
 
 SearchSpec = RangeSpec | ChoiceSpec
+
+
+class BudgetConfig(_Section):
+    """student.epochs: auto. The recipe arm trains at the centre of search.* for each rung in turn (a full
+    warm-up + cosine schedule of that length, `seeds` seeds); the ladder stops at the first rung the next one
+    beats by less than min_gain points of the val objective, and every arm trains at that rung."""
+
+    rungs: list[int] = Field(default_factory=lambda: [30, 60, 120], min_length=2)
+    seeds: int = Field(2, ge=1, le=16)
+    min_gain: float = Field(1.0, ge=0.0)
+
+    @field_validator("rungs")
+    @classmethod
+    def _rungs(cls, v: list[int]) -> list[int]:
+        if v[0] < 1 or any(b <= a for a, b in zip(v, v[1:])):
+            raise ValueError(f"{v}; allowed: epoch counts >= 1 in increasing order")
+        return v
 
 
 class SearchConfig(_Section):
@@ -426,6 +451,7 @@ class Params(_Section):
     train: TrainConfig = TrainConfig()
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()
+    budget: BudgetConfig = BudgetConfig()
     arms: ArmsConfig = ArmsConfig()
     search: SearchConfig = SearchConfig()
     distill: DistillConfig = DistillConfig()
@@ -457,10 +483,11 @@ class Params(_Section):
                 f"final.max_seeds={self.final.max_seeds}: every sweep trial uses `seed`, so that "
                 "final run would repeat the winning trial and hide the winner's curse; allowed: final seeds other "
                 "than seed")
-        if self.sweep.pruner != "none" and self.sweep.prune_from_epoch > self.student.epochs:
+        shortest, which = self.shortest_budget
+        if self.sweep.pruner != "none" and self.sweep.prune_from_epoch > shortest:
             raise ValueError(f"sweep.prune_from_epoch={self.sweep.prune_from_epoch} is after the last epoch "
-                             f"(student.epochs={self.student.epochs}), so nothing would be pruned; allowed: at most "
-                             "student.epochs, or sweep.pruner: none")
+                             f"({which}={shortest}), so nothing would be pruned; allowed: at most "
+                             f"{which}, or sweep.pruner: none")
         if self.train.batch_size % self.final.nproc:
             raise ValueError(f"train.batch_size={self.train.batch_size} cannot be split evenly over final.nproc="
                              f"{self.final.nproc} processes; allowed: a batch size that is a multiple of final.nproc")
@@ -472,10 +499,21 @@ class Params(_Section):
             missing = ", ".join(a for a in pair if a not in self.arms.all)
             raise ValueError(f"report.primary={self.report.primary} needs arm {missing}, which arms does not run; "
                              f"allowed: a comparison of {self.arms.all}, or report.primary: null")
-        if self.sweep.objective_epochs > self.student.epochs:
-            raise ValueError(f"sweep.objective_epochs={self.sweep.objective_epochs} exceeds student.epochs="
-                             f"{self.student.epochs}; allowed: at most student.epochs")
+        if self.sweep.objective_epochs > shortest:
+            raise ValueError(f"sweep.objective_epochs={self.sweep.objective_epochs} exceeds {which}="
+                             f"{shortest}; allowed: at most {which}")
         return self
+
+    @property
+    def shortest_budget(self) -> tuple[int, str]:
+        """The fewest epochs a student may train, and the key that sets it (the first rung under auto)."""
+        if self.student.epochs == "auto":
+            return self.budget.rungs[0], "budget.rungs[0]"
+        return self.student.epochs, "student.epochs"
+
+    def at_epochs(self, epochs: int) -> "Params":
+        """These params with the budget fixed at `epochs` (what `auto` resolves to once the budget stage ran)."""
+        return self.model_copy(update={"student": self.student.model_copy(update={"epochs": epochs})})
 
 
 def _schema_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
@@ -502,8 +540,8 @@ def _format_error(err: dict[str, Any]) -> str:
             ", which holds a blank or an invisible character"
         return f"unknown key '{ascii(key)[1:-1]}'{blank}{suggestion}; allowed here: {allowed}"
     msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "value_error" and not key:
-        return msg  # model-level checks already name their keys
+    if err["type"] == "value_error" and (not key or msg.startswith(f"{key}=")):
+        return msg  # model-level checks (and a few field checks) already name their keys
     if err["type"] == "value_error":
         return f"{key}: {msg}"
     value = err.get("input")

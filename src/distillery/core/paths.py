@@ -67,6 +67,16 @@ class Layout:
     def teacher_model(self) -> Path:
         return self.models / "teacher.pt"
 
+    @property
+    def budget(self) -> Path:
+        """The epoch budget every arm trains at (the budget stage)."""
+        return self.metrics / "budget.json"
+
+    @property
+    def budget_runs(self) -> Path:
+        """The budget ladder's models and learning curves."""
+        return self.sweeps / "budget"
+
     def sweep_dir(self, arm: str) -> Path:
         return self.sweeps / arm
 

@@ -230,6 +230,8 @@ def open_run(name: str, tags: dict[str, str], params: dict[str, Any] | None = No
 
 DESCRIPTIONS = {  # by the `model_kind` tag: the run's description (MLflow's note, on the run's page)
     "teacher": "The teacher CNN, trained once on the train split; the distilled arms learn from it.",
+    "budget": "One run of the budget ladder (student.epochs: auto): the recipe arm at the centre of the search "
+              "ranges for one rung's whole schedule, scored on val; metrics/budget.json holds the chosen budget.",
     "sweep": "One arm's Optuna study on the val split: its trials are the nested runs; best.json holds the winner.",
     "sweep_trial": "One Optuna trial: the arm trained at the trial's settings for the full final budget, scored on "
                    "val.",

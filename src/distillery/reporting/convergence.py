@@ -94,7 +94,7 @@ def learning_lines(learned: list[Learning]) -> list[str]:
     if rising:
         lines += [f"**Undertrained**: {', '.join(rising)} still rising when training stopped. The comparisons below "
                   "are about speed of learning, not about what the students can reach: a longer schedule "
-                  "(`student.epochs`, or the recipe study's epoch budget) answers that.", ""]
+                  "(`student.epochs`, or `student.epochs: auto`: the budget ladder picks it on val) answers that.", ""]
     else:
         lines += ["No arm was still rising when training stopped.", ""]
     return lines

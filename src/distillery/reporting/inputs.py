@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..core.budget import EpochBudget, resolve_epochs
 from ..core.config import Params
 from ..core.arms import load_best
 from ..core.files import Best, planned_extra_seeds, read_history_csv, read_json
@@ -33,6 +34,7 @@ class ReportInputs:
     finals: dict[str, dict[str, Any]]  # the pilot's and the extra seeds' per_seed merged
     seed_plan: dict[str, Any] | None = None
     transfer: dict[str, Any] | None = None  # metrics/transfer.json: the teacher's signal and each arm's fidelity
+    budget: EpochBudget | None = None  # metrics/budget.json: the epoch budget and how it was chosen
 
     def seeds_of(self, arm: str) -> list[int]:
         """The seeds an arm was evaluated with (pilot and extra)."""
@@ -56,6 +58,7 @@ class ReportInputs:
 
 
 def load_inputs(layout: Layout, params: Params) -> ReportInputs:
+    params = resolve_epochs(params, layout)  # student.epochs: auto -> the number every arm trained for
     arms = params.arms.all
     histories: dict[str, dict[int, list[dict[str, float]]]] = {}
     if (layout.history / "teacher.csv").exists():
@@ -85,6 +88,7 @@ def load_inputs(layout: Layout, params: Params) -> ReportInputs:
         finals={arm: _merged_finals(layout, arm) for arm in arms},
         seed_plan=plan,
         transfer=read_json(transfer) if transfer.exists() else None,
+        budget=EpochBudget.load(layout.budget) if layout.budget.exists() else None,
     )
 
 

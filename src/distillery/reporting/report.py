@@ -15,6 +15,7 @@ import numpy as np
 
 from ..core.arms import (has_study, importance_min_trials, is_fixed, own_space, recipe_space, shares_recipe,
                          study_budget)
+from ..core.budget import budget_line
 from ..core.config import ChoiceSpec, Params
 from ..core.files import write_json, write_text
 from ..core.paths import Layout
@@ -210,6 +211,8 @@ def render_markdown(inputs: ReportInputs, comps: list[Comparison], figs: list[st
              + (f" (split seed {ds['split_seed']})" if "split_seed" in ds else "")
              + (f", {ds['num_skipped']} file(s) skipped (listed below)" if ds.get("num_skipped") else "") + ".",
              f"Machine: {'; '.join(_machines(inputs)) or 'not recorded'}.", ""]
+    if inputs.budget is not None:
+        lines += [f"Epoch budget: {budget_line(inputs.budget)}.", ""]
     lines += learning_lines(learning_of_arms(inputs))  # before any verdict: were the students done learning?
     # ------------------------------------------------------------------ headline
     shared = p.sweep.recipe == "shared"
