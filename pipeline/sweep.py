@@ -13,7 +13,8 @@ from pathlib import Path
 
 import mlflow
 
-from distillery.core.arms import ARMS, get_arm, has_study, load_best, search_space, shares_recipe, study_budget
+from distillery.core.arms import (ARMS, get_arm, has_study, load_best, new_trials, search_space, shares_recipe,
+                                  study_budget)
 from distillery.core.budget import resolve_epochs
 from distillery.core.cli import StageContext, main_for
 from distillery.core.errors import TrainingError
@@ -53,7 +54,7 @@ def body(ctx: StageContext) -> str:
     identity = (data.fingerprint(), state_digest(teacher) if teacher is not None else None)
     warm_path = warm_file(layout.root, p.sweep.warm_start, arm.name)
     fingerprint = {  # n_trials is left out: it is a stopping rule, raising it continues the same study
-        "arm": arm.name, "budget": {k: v for k, v in budget.items() if k != "n_trials"},
+        "arm": arm.name, "budget": {k: v for k, v in budget.items() if k not in ("n_trials", "cold_trials")},
         "space": {k: v.model_dump() for k, v in space.items()},
         "kl_reduction": p.distill.soft.kl_reduction if arm.name in ("soft", "fake") else None,
         "student": p.student.model_dump(), "train": p.train.identity(), "augment": p.augment.model_dump(),
@@ -65,7 +66,8 @@ def body(ctx: StageContext) -> str:
     study = open_arm_study(out_dir / "study.db", name, budget, p.sweep)
     n_warm, warm_line = warm_start(study, warm_path, space, p.student.epochs, recipe,
                                    conditions(p, data, arm.name))
-    cap = n_warm + budget["n_trials"]  # sweep.n_trials new trials on top of the committed ones
+    new = new_trials(budget, n_warm)
+    cap = n_warm + new
     tags = base_tags(layout, p, arm.stage("sweep"), arm=arm.name, model_kind="sweep_trial")
 
     def objective(batched=False):  # built where trials run: a coordinator of sweep.workers runs none
@@ -74,7 +76,7 @@ def body(ctx: StageContext) -> str:
                     checkpoint_dir=layout.checkpoint(arm.name).parent, identity=identity, space=space)
 
     # sweep.workers share the cap: each asks at most its share, or the first would take every trial
-    share = -(-budget["n_trials"] // p.sweep.workers)
+    share = -(-new // p.sweep.workers)
     fused = fused_group_size(p, data, arm.name, share)
 
     with start_run(f"sweep-{arm.name}", {**tags, "model_kind": "sweep"},

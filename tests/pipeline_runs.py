@@ -28,6 +28,7 @@ TINY = {
     "teacher.epochs": 3,
     "student.epochs": 3,
     "sweep.n_trials": 2,
+    "sweep.cold_trials": 1,  # the tiny studies start cold (3 epochs): n_trials is their budget
     "sweep.startup_trials": 1,
     "sweep.objective_epochs": 1,
     "sweep.prune_from_epoch": 3,

@@ -216,3 +216,14 @@ def test_common_random_numbers_are_really_shared_by_the_paired_arms_of_one_seed(
     assert other.recipe.view_seed != runs["soft"].recipe.view_seed
     assert not torch.equal(other.spec.build(other.seed).state_dict()["pos_embed"], soft["pos_embed"])
     assert not torch.equal(epoch_masks(4, 0, 5, 8, rates), epoch_masks(3, 0, 5, 8, rates))
+
+
+def test_a_cold_study_runs_cold_trials_and_a_warm_started_one_n_trials_for_every_arm():
+    from distillery.core.arms import new_trials
+
+    p = parse_params({"sweep": {"n_trials": 2, "cold_trials": 12}})
+    budgets = [study_budget(p, arm) for arm in ("none", "soft", "hard", "fake")]
+    assert all(b == budgets[0] for b in budgets)  # one budget, whichever arm
+    assert new_trials(budgets[0], n_warm=27) == 2
+    assert new_trials(budgets[0], n_warm=0) == 12
+    assert new_trials(study_budget(parse_params({"sweep": {"n_trials": 20, "cold_trials": 12}}), "none"), 0) == 20

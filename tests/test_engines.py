@@ -46,7 +46,7 @@ def worker(project, arm):
 def test_two_workers_on_postgres_one_killed_mid_trial(engines, tmp_path):
     postgres, tracking, artifacts = engines
     project = copy_project(tmp_path / "proj", {
-        "student.epochs": 8, "sweep.n_trials": CAP, "sweep.pruner": "none", "sweep.startup_trials": 1,
+        "student.epochs": 8, "sweep.n_trials": CAP, "sweep.cold_trials": 1, "sweep.pruner": "none", "sweep.startup_trials": 1,
         "sweep.storage": postgres, "sweep.heartbeat_interval": 1, "sweep.grace_period": 2, "final.seeds": [1],
         "tracking.uri": tracking})
     run_ok([sys.executable, "pipeline/prepare.py"], project)

@@ -66,7 +66,7 @@ def test_a_bad_profile_or_override_is_one_line_and_leaves_params_alone(tmp_path)
 
 # ---------------------------------------------------------------- end to end, shrunk
 TINY = {"data.image_size": 32, "data.storage_size": 36, "student.depth": 2, "student.epochs": 2,
-        "teacher.epochs": 2, "train.batch_size": 16, "sweep.n_trials": 2, "sweep.startup_trials": 1,
+        "teacher.epochs": 2, "train.batch_size": 16, "sweep.n_trials": 2, "sweep.cold_trials": 1, "sweep.startup_trials": 1,
         "sweep.prune_from_epoch": 2, "sweep.objective_epochs": 1, "final.seeds": [1, 2],
         "final.max_seeds": 2, "evaluate.throughput_repeats": 1}
 

@@ -20,6 +20,7 @@ SMALL = {
     "student.epochs": 6,
     "final.seeds": [1],
     "sweep.n_trials": 3,
+    "sweep.cold_trials": 1,
     "sweep.prune_from_epoch": 3,
     "sweep.startup_trials": 1,
 }

@@ -23,7 +23,7 @@ def tracking(tmp_path):
 def params_with(lr_range):
     return parse_params({"data": {"image_size": 8}, "student": {**SMALL_STUDENT, "epochs": 1},
                          "train": {"batch_size": 16},
-                         "sweep": {"n_trials": 2, "pruner": "none", "objective_epochs": 1, "recipe": "per_arm"},
+                         "sweep": {"n_trials": 2, "cold_trials": 1, "pruner": "none", "objective_epochs": 1, "recipe": "per_arm"},
                          "search": {"lr": lr_range},
                          "distill": {"hard": {"alpha": {"low": 0.5, "high": 0.5}}}})
 

@@ -100,13 +100,19 @@ def _fixed(spec: SearchSpec, value: float) -> SearchSpec:
 def study_budget(params: Params, arm: str) -> dict:
     """What the arm's study may spend: the sweep stage opens the study from this, and a test checks
     it is the same for every arm."""
-    return {"n_trials": params.sweep.n_trials, "epochs_per_trial": params.student.epochs,
+    return {"n_trials": params.sweep.n_trials, "cold_trials": params.sweep.cold_trials, "epochs_per_trial": params.student.epochs,
             "pruner": params.sweep.effective_pruner(), "reduction_factor": params.sweep.reduction_factor,
             "prune_from_epoch": params.sweep.prune_from_epoch,
             "startup_trials": params.sweep.startup_trials, "sampler_seed": params.seed,
             "objective_epochs": params.sweep.objective_epochs, "warmup_epochs": params.train.warmup_epochs,
             "recipe": params.sweep.recipe, "recipe_arm": params.sweep.recipe_arm, "warm_start": params.sweep.warm_start,
             "shared_space": {k: v.model_dump() for k, v in recipe_space(params).items()}}
+
+
+def new_trials(budget: dict, n_warm: int) -> int:
+    """Trials a study runs after its warm start: sweep.n_trials on top of `n_warm` committed trials; a study
+    that starts cold (n_warm 0) runs at least sweep.cold_trials, every arm alike."""
+    return budget["n_trials"] if n_warm else max(budget["n_trials"], budget["cold_trials"])
 
 
 def importance_min_trials(searched: int) -> int:

@@ -337,6 +337,9 @@ class SweepConfig(_Section):
         return self.pruner
 
     n_trials: int = Field(2, ge=1)  # new trials after the warm start (sweep.warm_start)
+    # trials of a study that starts cold (no committed trial ran under its conditions: new data, another
+    # budget): a handful of trials would pick its winner by val noise. Fused, they cost far less than apart.
+    cold_trials: int = Field(12, ge=1)
     storage: str | None = None
     workers: int = Field(1, ge=1)
     heartbeat_interval: int = Field(60, ge=1)

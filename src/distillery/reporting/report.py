@@ -261,7 +261,8 @@ def render_markdown(inputs: ReportInputs, comps: list[Comparison], figs: list[st
     studied = [arm for arm in inputs.arms if has_study(p, arm)]
     unstudied = [arm for arm in inputs.arms if arm not in studied]
     lines += ["", "## Tuning budget (identical for every arm)", "",
-              f"{budget['n_trials']} new trials per study ({', '.join(studied)}"
+              f"{budget['n_trials']} new trials per warm-started study, {max(budget['n_trials'], budget['cold_trials'])} "
+              f"per study that starts cold ({', '.join(studied)}"
               + (f"; {', '.join(unstudied)} train{'s' if len(unstudied) == 1 else ''} at {p.sweep.recipe_arm}'s recipe "
                  "with nothing of its own to search" if unstudied else "") + f"), each trained for the full {budget['epochs_per_trial']} epochs "
               f"of the final runs ({budget['warmup_epochs']} warm-up, cosine) unless pruned; pruner "
