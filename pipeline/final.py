@@ -27,7 +27,7 @@ from distillery.training.models import check_model_names, load_model
 from distillery.training.plan import final_run, fused_group_size, teacher_cache
 from distillery.training.fusion import chunks
 from distillery.training.runs import Unit, tracked_fit, tracked_fit_group
-from distillery.core.tracking import base_tags, setup_tracking, system_metrics_on
+from distillery.core.tracking import base_tags, repro_parent, setup_tracking, system_metrics_on
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -57,8 +57,10 @@ def body(ctx: StageContext) -> str:
     teacher = (load_model(layout.teacher_model, expect_classes=data.num_classes, expect_chans=data.channels)[0]
                if arm.uses_teacher else None)
     ranks = Ranks.from_env()  # final.nproc > 1: this body runs once per torchrun process; rank 0 writes
+    parent = {}
     if ranks.main:
         setup_tracking(p.tracking, layout)
+        parent = {"mlflow.parentRunId": repro_parent(layout, p)}  # one group per dvc repro in the run table
     cache = teacher_cache(p, layout) if arm.uses_teacher else None
     extra = ctx.args.extra
     plans = [final_run(p, arm.name, data, best, seed) for seed in seeds_to_train(ctx, arm.name)]
@@ -68,7 +70,7 @@ def body(ctx: StageContext) -> str:
     def unit(run):
         return Unit(run.name, run.spec.build(run.seed), run.spec, run.recipe,
                     base_tags(layout, p, arm.stage("final"), arm=arm.name, seed=str(run.seed), model_kind="final",
-                              **({"processes": str(ranks.world)} if ranks.world > 1 else {})),
+                              **({"processes": str(ranks.world)} if ranks.world > 1 else {}), **parent),
                     run.log_params(p), layout.model(arm.name, run.seed, extra),
                     layout.history_file(arm.name, run.seed, extra),
                     layout.checkpoint(run.name))

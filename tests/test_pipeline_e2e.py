@@ -93,6 +93,16 @@ def test_mlflow_has_every_run_with_the_same_keys_for_trials_and_finals(repo):
     assert [m.step for m in curve] == [1, 2, 3]
     tags = by_name["hard-seed2"].data.tags
     assert tags["dvc_stage"] == "final_kd@hard" and tags["arm"] == "hard" and len(tags["git_commit"]) == 40
+    # one dvc repro: every final run, pilot and extra seeds of every arm, nests under one finished parent
+    # (another module's rerun of this project at other params makes its own group: grouped by params hash)
+    finals = [r for r in runs if r.data.tags.get("model_kind") == "final"]
+    groups: dict = {}
+    for r in finals:
+        groups.setdefault(r.data.tags["params_hash"], set()).add(r.data.tags.get("mlflow.parentRunId"))
+    assert len(finals) >= len(ARMS) * 3 and all(len(g) == 1 and None not in g for g in groups.values()), groups
+    for (parent_id,) in groups.values():
+        parent = client.get_run(parent_id)
+        assert parent.data.tags["model_kind"] == "repro" and parent.info.status == "FINISHED"
 
 
 def test_mlflow_has_test_metrics_one_summary_and_each_arms_pick_registered(repo):

@@ -103,3 +103,23 @@ def test_runs_of_a_killed_process_are_marked_killed_and_no_others(tmp_path):
     assert client.get_run(killed_id).info.status == "FINISHED"
     for rid in (alive, remote):
         client.set_terminated(rid)
+
+
+def test_the_final_stages_of_one_repro_share_one_finished_parent_run(tmp_path, monkeypatch):
+    import mlflow
+
+    from distillery.core.config import parse_params
+    from distillery.core.tracking import repro_parent, setup_tracking
+
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    layout = Layout(tmp_path)
+    setup_tracking(TrackingConfig(system_metrics=False), layout)
+    p = parse_params({})
+    first = repro_parent(layout, p)
+    assert repro_parent(layout, p) == first  # the next final stage of the same repro finds it
+    run = mlflow.MlflowClient().get_run(first)
+    assert run.info.status == "FINISHED" and run.data.tags["model_kind"] == "repro"
+    assert run.data.tags["mlflow.note.content"]
+    assert repro_parent(layout, parse_params({"student": {"depth": 3}})) != first  # other params: another repro
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-1")
+    assert repro_parent(layout, p) != first  # a DVC experiment groups its own runs

@@ -228,7 +228,28 @@ def open_run(name: str, tags: dict[str, str], params: dict[str, Any] | None = No
     return run.info.run_id
 
 
+def repro_parent(layout: Layout, params: Params) -> str:
+    """The run the final runs of one `dvc repro` nest under: one per commit, params version and DVC
+    experiment. The first final stage creates it (finished at once: it trains nothing, and a kill must
+    not leave it running); the later final and extra stages of the same repro find it by its key."""
+    import mlflow
+    from mlflow.tracking.fluent import _get_experiment_id
+
+    client = mlflow.MlflowClient()
+    key = f"{git_commit(layout.root)[:12]}-{params_hash(params)}-{os.environ.get('DVC_EXP_NAME', '')}"
+    experiment = _get_experiment_id()
+    found = client.search_runs([experiment], f"tags.repro_key = '{key}'", max_results=1)
+    if found:
+        return found[0].info.run_id
+    tags = {**base_tags(layout, params, "final", model_kind="repro"), "repro_key": key}
+    run = client.create_run(experiment, run_name=f"repro-{params_hash(params)[:8]}", tags=tags)
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
 DESCRIPTIONS = {  # by the `model_kind` tag: the run's description (MLflow's note, on the run's page)
+    "repro": "One dvc repro (one commit and params version): its final runs, every arm and seed, are the nested "
+             "runs.",
     "teacher": "The teacher CNN, trained once on the train split; the distilled arms learn from it.",
     "budget": "One run of the budget ladder (student.epochs: auto): the recipe arm at the centre of the search "
               "ranges for one rung's whole schedule, scored on val; metrics/budget.json holds the chosen budget.",
