@@ -40,8 +40,12 @@ test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests were collected"; exit 1; fi; exit $$rc
 
+# The tier to run before every commit: no training, no stage process (tests/conftest.py enforces it), two
+# workers; under 2 minutes on the 2-core development machine (docs/measurements.md).
 test-fast: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest tests -m "not slow"
+	DISTILLERY_TEST_TIER=fast PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n $(TEST_WORKERS) tests \
+		-m "not slow and not engine" -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "no tests were collected"; exit 1; fi; exit $$rc
 
 clean-outputs:
 	rm -rf data/prepared models metrics sweeps checkpoints mlflow.db .mlflow.lock mlruns

@@ -38,8 +38,8 @@ from distillery.data import Prepared  # noqa: E402
 from distillery.data.datasets import Split  # noqa: E402
 from distillery.profiles import profile_values  # noqa: E402
 from distillery.training.loop import Member, fit_group  # noqa: E402
-from distillery.training.models import build_teacher, count_params  # noqa: E402
-from distillery.training.plan import arm_run  # noqa: E402
+from distillery.recipe.models import build_teacher, count_params  # noqa: E402
+from distillery.recipe.arm_runs import arm_run  # noqa: E402
 
 HPARAMS = {"lr": 2e-3, "weight_decay": 0.05, "mixing": 0.0, "drop_path": 0.1, "alpha": 0.5, "tau": 2.0}
 SHAPES = {"digits": (1, 10, 1257), "photos-small": (3, 5, 2569), "keras-flowers": (3, 5, 2569)}  # channels, classes, train images

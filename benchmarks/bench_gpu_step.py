@@ -6,7 +6,7 @@ Both loops train the same timm model (the keras-flowers profile's DeiT-Tiny at 2
 on the same uint8 images already on the device, under bf16 autocast, with fused AdamW and a
 per-step cosine schedule. The reference is the body of timm's train_one_epoch without its
 per-step `loss.item()` (a host sync timm makes for its meters): normalise, flip, forward, loss,
-backward, step. Ours is `fit()` with the profile's views (shift-and-crop of a 244 px store, flip,
+backward, step. Ours is the loop's `fit()` with the profile's views (shift-and-crop of a 244 px store, flip,
 label smoothing), its per-epoch val pass on a 256-image split, and for the distilled arms the
 teacher (ResNet-50, live: no cache) on each batch; the reference for those arms runs the same
 teacher forward under no_grad.
@@ -38,9 +38,9 @@ from distillery.core.config import parse_params  # noqa: E402
 from distillery.data import Prepared  # noqa: E402
 from distillery.data.datasets import Split  # noqa: E402
 from distillery.profiles import profile_values  # noqa: E402
-from distillery.training.loop import fit  # noqa: E402
-from distillery.training.models import build_teacher  # noqa: E402
-from distillery.training.plan import arm_run  # noqa: E402
+from distillery.training.loop import Member, fit  # noqa: E402
+from distillery.recipe.models import build_teacher  # noqa: E402
+from distillery.recipe.arm_runs import arm_run  # noqa: E402
 
 HPARAMS = {"lr": 2.5e-4, "weight_decay": 1e-4, "mixing": 0.0, "drop_path": 0.1, "alpha": 0.5, "tau": 1.0}
 
@@ -111,7 +111,7 @@ def host_syncs(net, data: Prepared, recipe, teacher, device: torch.device) -> st
     if device.type != "cuda":
         return "not checked (CPU)"
     try:
-        fit(net, data, recipe, teacher=teacher, progress=False, desc="sync check", forbid_host_sync=True)
+        fit([Member(net, recipe, "sync check")], data, teacher=teacher, progress=False, forbid_host_sync=True)[0].result()
         return "none"
     except RuntimeError as exc:  # the sync debug mode's error; the frames say which call synchronised
         frames = [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in traceback.extract_tb(exc.__traceback__)]
@@ -145,7 +145,7 @@ def main() -> None:
         plan = arm_run(params, arm, data, HPARAMS, 0, f"bench-{arm}")
         t = teacher if plan.uses_teacher else None
         ref = reference_epochs(plan.spec.build(0), t, data, args.epochs, batch, device)
-        hist = fit(plan.spec.build(0), data, plan.recipe, teacher=t, progress=False, desc=arm)
+        hist = fit([Member(plan.spec.build(0), plan.recipe, arm)], data, teacher=t, progress=False)[0].result()
         ours = [(len(data.splits["train"].y) // batch) * batch / h["epoch_seconds"] for h in hist]
         syncs = host_syncs(plan.spec.build(0), data, dataclasses.replace(plan.recipe, epochs=1), t, device)
         r, o = statistics.median(ref[1:] or ref), statistics.median(ours[1:] or ours)

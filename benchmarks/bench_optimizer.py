@@ -13,7 +13,7 @@ import torch
 from timm.optim import create_optimizer_v2
 
 from distillery.core.config import load_params
-from distillery.training.models import vit_spec
+from distillery.recipe.models import vit_spec
 
 
 def main() -> None:

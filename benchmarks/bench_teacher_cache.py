@@ -29,13 +29,13 @@ import torch
 from distillery.core.config import Params, TrackingConfig, load_params
 from distillery.core.paths import Layout
 from distillery.data import RawDataset, load_source, save_prepared, stratified_split, load_prepared
-from distillery.training.loop import fit
-from distillery.training.models import build_teacher, load_model
-from distillery.training.plan import arm_run
+from distillery.training.loop import Member, fit
+from distillery.recipe.models import build_teacher, load_model
+from distillery.recipe.arm_runs import arm_run
 from distillery.training.teacher_cache import TeacherCache
 from distillery.training.batches import DeviceBatches
-from distillery.training.views import ViewStream
-from distillery.training.augment import BatchAugment, Normalizer
+from distillery.recipe.views import ViewStream
+from distillery.recipe.augment import BatchAugment, Normalizer
 
 HP = {"lr": 2e-3, "weight_decay": 0.05, "mixing": 0.0, "drop_path": 0.05, "alpha": 0.5, "tau": 3.0}
 
@@ -57,8 +57,9 @@ def the_teacher(params: Params, data, path: Path):
 def epoch_seconds(params, data, arm, teacher, cache, epochs) -> list[float]:
     run = arm_run(params, arm, data, HP, seed=1, name=arm)
     recipe = dataclasses.replace(run.recipe, epochs=epochs)
-    history = fit(run.spec.build(1), data, recipe, teacher=teacher if run.uses_teacher else None,
-                  teacher_cache=cache, progress=False)
+    (member,) = fit([Member(run.spec.build(1), recipe, arm)], data, teacher=teacher if run.uses_teacher else None,
+                    teacher_cache=cache, progress=False)
+    history = member.result()
     return [h["epoch_seconds"] for h in history]
 
 
@@ -85,9 +86,9 @@ def sweep_pair(params, data, teacher, cache, tmp: Path, tag: str):
     """The soft and hard sweeps as the pipeline runs them (same objective, pruner, sampler)."""
     import optuna
 
-    from distillery.core.arms import study_budget
+    from distillery.core.search_spaces import study_budget
     from distillery.core.tracking import setup_tracking, start_run
-    from distillery.tuning.objective import make_objective
+    from distillery.tuning.objective import ArmObjective
     from distillery.tuning.studies import open_arm_study, run_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -99,7 +100,7 @@ def sweep_pair(params, data, teacher, cache, tmp: Path, tag: str):
         budget = study_budget(params, arm)
         study = open_arm_study(layout.root / f"{arm}.db", arm, budget)
         with start_run(f"sweep-{arm}", {}, {}):
-            result = run_study(study, make_objective(params, arm, data, teacher, {}, cache), budget["n_trials"],
+            result = run_study(study, ArmObjective(params, arm, data, teacher, {}, cache), budget["n_trials"],
                                lock_path=layout.root / f"{arm}.lock")
         winners[arm] = (result.best["trial"], round(result.best["objective"], 6), result.best["hparams"])
     return time.perf_counter() - t0, winners

@@ -37,8 +37,8 @@ from distillery.evaluation.evaluate import head_predictions  # noqa: E402
 from distillery.profiles import profile_values  # noqa: E402
 from distillery.reporting.stats import paired_variance_parts  # noqa: E402
 from distillery.training.fusion import chunks  # noqa: E402
-from distillery.training.loop import Member, fit_group  # noqa: E402
-from distillery.training.plan import arm_run, teacher_run  # noqa: E402
+from distillery.training.loop import Member, fit  # noqa: E402
+from distillery.recipe.arm_runs import arm_run, teacher_run  # noqa: E402
 
 HPARAMS = {"lr": 2e-3, "weight_decay": 0.05, "mixing": 0.0, "drop_path": 0.1, "alpha": 0.5, "tau": 2.0}
 DESIGNS = ["digits:0.65:0.2", "digits:0.45:0.4", "mnist5k:0.2:0.5", "mnist5k:0.3:0.5"]
@@ -68,7 +68,7 @@ def members(params, arm, data, seeds, epochs=None):
 def train_arm(params, arm, data, seeds, teacher, group, epochs=None):
     done = []
     for part in chunks(seeds, group):
-        done += fit_group(members(params, arm, data, part, epochs), data, teacher=teacher, progress=False, fused=True)
+        done += fit(members(params, arm, data, part, epochs), data, teacher=teacher, progress=False, fused=True)
     return done
 
 
@@ -76,7 +76,7 @@ def spread(design: str, seeds: int, group: int, tmp: Path) -> dict:
     params, data = prepare(design, tmp)
     t0 = time.time()
     net, run = teacher_run(params, data)
-    fit_group([Member(net, run.recipe, "teacher")], data, progress=False)
+    fit([Member(net, run.recipe, "teacher")], data, progress=False)
     y = data.splits["val"].y
     teacher_acc = float((head_predictions(net, data, "val", params.train)["avg"] == y).mean())
     correct = {}
@@ -97,7 +97,7 @@ def spread(design: str, seeds: int, group: int, tmp: Path) -> dict:
 def cost(design: str, epochs: int, group: int, tmp: Path) -> dict:
     params, data = prepare(design, tmp)
     net, run = teacher_run(params, data)
-    fit_group([Member(net, dataclasses.replace(run.recipe, epochs=1), "teacher")], data, progress=False)
+    fit([Member(net, dataclasses.replace(run.recipe, epochs=1), "teacher")], data, progress=False)
     out = {"design": design, "train_images": len(data.splits["train"].y), "eval_images": len(data.splits["val"].y)}
     for arm in ("none", "soft"):
         t0 = time.time()

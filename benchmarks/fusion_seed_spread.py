@@ -33,8 +33,8 @@ from distillery.core.config import parse_params  # noqa: E402
 from distillery.data import load_prepared, load_source, save_prepared, stratified_split  # noqa: E402
 from distillery.profiles import profile_values  # noqa: E402
 from distillery.training.fusion import chunks  # noqa: E402
-from distillery.training.loop import Member, fit_group  # noqa: E402
-from distillery.training.plan import arm_run  # noqa: E402
+from distillery.training.loop import Member, fit  # noqa: E402
+from distillery.recipe.arm_runs import arm_run  # noqa: E402
 
 HPARAMS = {"lr": 2e-3, "weight_decay": 0.05, "mixing": 0.0, "drop_path": 0.1, "alpha": 0.5, "tau": 2.0}
 
@@ -79,12 +79,12 @@ def main() -> None:
         data = load_prepared(Path(tmp) / "prepared")
         seeds = list(range(1, args.seeds + 1))
         t0 = time.time()
-        alone = [final_val_acc(fit_group([member(params, args.arm, data, s, args.epochs)], data, progress=False))[0]
+        alone = [final_val_acc(fit([member(params, args.arm, data, s, args.epochs)], data, progress=False))[0]
                  for s in seeds]
         t_alone = time.time() - t0
         t0 = time.time()
         fused = [acc for part in chunks(seeds, args.group)
-                 for acc in final_val_acc(fit_group([member(params, args.arm, data, s, args.epochs) for s in part],
+                 for acc in final_val_acc(fit([member(params, args.arm, data, s, args.epochs) for s in part],
                                                     data, progress=False, fused=True))]
         t_fused = time.time() - t0
 

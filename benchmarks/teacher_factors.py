@@ -37,13 +37,14 @@ from distillery.core.files import Best
 from distillery.data import load_prepared
 from distillery.data.datasets import Split
 from distillery.evaluation.evaluate import head_outputs
-from distillery.evaluation.training_views import teacher_on_views
+from distillery.evaluation.teacher_views import teacher_on_views
 from distillery.training.fusion import chunks
-from distillery.training.loop import Member, fit, fit_group
-from distillery.training.losses import smoothed_one_hot
-from distillery.training.models import load_model
-from distillery.training.plan import arm_run, fused_group_size, teacher_run
-from distillery.training.views import step_seeds
+from distillery.training.loop import Member, fit
+from distillery.recipe.losses import smoothed_one_hot
+from distillery.recipe.models import load_model
+from distillery.recipe.arm_runs import arm_run, teacher_run
+from distillery.training.fusion import fused_group_size
+from distillery.recipe.views import step_seeds
 
 # cell: arm, student epochs, teacher kind, mixing override (None: the recipe's)
 CELLS = {
@@ -135,7 +136,7 @@ def train_teachers(p, data, kind: str, out: Path, folds: int) -> tuple[list[nn.M
     if kind in RECIPES:
         p = p.model_copy(update={"teacher": p.teacher.model_copy(update=RECIPES[kind])})
         net, run = teacher_run(p, data)
-        fit(net, data, run.recipe, desc=f"{kind} teacher", progress=False)
+        fit([Member(net, run.recipe, f"{kind} teacher")], data, progress=False)[0].result()
         return [net.eval()], None, time.perf_counter() - t0
     rng = np.random.default_rng(p.seed)
     fold_of = np.empty(len(data.splits["train"].y), dtype=np.int64)
@@ -145,7 +146,8 @@ def train_teachers(p, data, kind: str, out: Path, folds: int) -> tuple[list[nn.M
     nets = []
     for k in range(folds):
         net, run = teacher_run(p, subset(data, np.flatnonzero(fold_of != k)))
-        fit(net, subset(data, np.flatnonzero(fold_of != k)), run.recipe, desc=f"cross-fit teacher {k}", progress=False)
+        fit([Member(net, run.recipe, f"cross-fit teacher {k}")], subset(data, np.flatnonzero(fold_of != k)),
+            progress=False)[0].result()
         nets.append(net.eval())
     return nets, fold_of, time.perf_counter() - t0
 
@@ -153,7 +155,7 @@ def train_teachers(p, data, kind: str, out: Path, folds: int) -> tuple[list[nn.M
 def teacher_for(kind, p, data, project: Path, out: Path, folds: int, cache: dict):
     if kind in cache:
         return cache[kind]
-    from distillery.training.augment import Normalizer
+    from distillery.recipe.augment import Normalizer
     norm = Normalizer(data.mean, data.std, torch.device("cpu"), data.image_size)
     tr = data.splits["train"]
     y, x_raw = torch.as_tensor(np.asarray(tr.y)), torch.as_tensor(np.asarray(tr.x))
@@ -212,7 +214,7 @@ def run_cell(name, p, data, best_dir: Path, project: Path, seeds: list[int], out
             from distillery.training.distributed import Ranks
             teacher.expect([r.recipe.view_seed for r in group],
                            group_batch_size(len(data.splits["train"].y), hp["mixing"], Ranks(), name, p.train.batch_size))
-        fit_group(members, data, teacher=teacher, progress=False, desc=name)
+        fit(members, data, teacher=teacher, progress=False, desc=name)
         for r, m in zip(group, members):
             if m.outcome is not None:
                 raise m.outcome
@@ -291,7 +293,7 @@ def summarize(out: Path, project: Path) -> str:
     data = load_prepared(project / "data" / "prepared")
     y = data.splits["val"].y
     teacher = load_model(project / "models" / "teacher.pt")[0].eval()
-    from distillery.training.augment import Normalizer
+    from distillery.recipe.augment import Normalizer
     norm = Normalizer(data.mean, data.std, torch.device("cpu"), data.image_size)
     with torch.no_grad():
         t_right = teacher(norm(torch.as_tensor(np.asarray(data.splits["val"].x)))).argmax(1).numpy() == y

@@ -19,7 +19,7 @@ def body(ctx: StageContext) -> str:
     else:
         from distillery.core.tracking import setup_tracking
         from distillery.data import load_prepared
-        from distillery.training.models import check_model_names
+        from distillery.recipe.models import check_model_names
         from distillery.tuning.budget_ladder import run_ladder
 
         check_model_names(p)

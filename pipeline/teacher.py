@@ -8,10 +8,10 @@ from distillery.core.files import write_json
 from distillery.data import load_prepared
 from distillery.training.loop import resolve_device
 from distillery.training.machine import machine_info
-from distillery.training.models import check_model_names, count_params
-from distillery.training.plan import teacher_run
-from distillery.training.runs import tracked_fit
-from distillery.core.tracking import base_tags, setup_tracking
+from distillery.recipe.models import check_model_names, count_params
+from distillery.recipe.arm_runs import teacher_run
+from distillery.training.runs import Unit, tracked_fit
+from distillery.core.tracking import base_tags, setup_tracking, system_metrics_interval
 
 
 def body(ctx: StageContext) -> str:
@@ -20,14 +20,11 @@ def body(ctx: StageContext) -> str:
     data = load_prepared(layout.prepared)
     setup_tracking(p.tracking, layout)
     net, run = teacher_run(p, data)
-    result = tracked_fit(
-        name=run.name, net=net, spec=run.spec, data=data, recipe=run.recipe,
-        tags=base_tags(layout, p, "teacher", model_kind="teacher"),
-        log_params={"seed": p.seed, "teacher": p.teacher.model_dump(), "train": p.train.model_dump(),
-                    "augment": p.augment.model_dump(), "data": p.data.model_dump()},
-        model_path=layout.teacher_model, history_path=layout.history / "teacher.csv",
-        checkpoint=layout.checkpoint("teacher"),
-    )
+    unit = Unit(run.name, net, run.spec, run.recipe, base_tags(layout, p, "teacher", model_kind="teacher"),
+                {"seed": p.seed, "teacher": p.teacher.model_dump(), "train": p.train.model_dump(),
+                 "augment": p.augment.model_dump(), "data": p.data.model_dump()},
+                layout.teacher_model, layout.history / "teacher.csv", layout.checkpoint("teacher"))
+    (result,) = tracked_fit([unit], data, system_metrics_interval=system_metrics_interval(p.tracking))
     metrics = {"val_acc": result.history[-1]["val_acc"], "num_params": count_params(result.net),
                "epochs": len(result.history), "machine": machine_info(resolve_device(p.train.device))}
     write_json(layout.metrics / "teacher.json", metrics)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from distillery.core.processes import share_cores  # torch-free, like all of core
@@ -24,6 +25,33 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 # worker is left with a long file when the other has finished.
 LONGEST_FIRST = ("test_pipeline_e2e.py", "test_pipeline_kills.py", "test_robustness.py", "test_profiles.py", "test_engines.py",
                  "test_distributed.py")
+
+
+# `make test-fast` (DISTILLERY_TEST_TIER=fast): the tier a developer runs before every commit trains nothing
+# and starts no stage process. A test that does either fails here with the reason, rather than quietly
+# making the tier slow: mark it `slow` (pyproject.toml's markers).
+FAST_TIER = os.environ.get("DISTILLERY_TEST_TIER") == "fast"
+
+
+@pytest.fixture(autouse=FAST_TIER)
+def _fast_tier_guard(monkeypatch):
+    import distillery.training.loop as loop
+
+    def trains(*args, **kwargs):
+        raise AssertionError("fast tier: this test trains a model; mark it @pytest.mark.slow")
+
+    real_popen = subprocess.Popen.__init__
+
+    def starts(self, args, *rest, **kwargs):
+        argv = [str(a) for a in (args if isinstance(args, (list, tuple)) else [args])]
+        if argv and (Path(argv[0]).name in ("dvc", "make", Path(sys.executable).name) or "python" in Path(argv[0]).name):
+            raise AssertionError(f"fast tier: this test starts a process ({' '.join(argv)[:80]}); mark it "
+                                 "@pytest.mark.slow")
+        real_popen(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(loop, "_train_epoch", trains)
+    monkeypatch.setattr(subprocess.Popen, "__init__", starts)
+    yield
 
 
 def pytest_collection_modifyitems(items):

@@ -8,12 +8,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_train import recipe, toy_data  # noqa: E402
+from test_train import recipe, toy_data, train_one  # noqa: E402
 
 from distillery.core.config import AugmentConfig  # noqa: E402
 from distillery.training.distributed import Ranks  # noqa: E402
-from distillery.training.loop import fit  # noqa: E402
-from distillery.training.models import ModelSpec  # noqa: E402
+from distillery.recipe.models import ModelSpec  # noqa: E402
 
 out, epochs = Path(sys.argv[1]), int(sys.argv[2])
 checkpoint = Path(sys.argv[3]) if len(sys.argv) > 3 else None
@@ -24,7 +23,7 @@ net = spec.build(0)
 # DDP_EPOCH_PAUSE: seconds rank 0 waits after each epoch (the others wait at the barrier), so that a test
 # can kill the run between epochs however fast this machine trains a toy model
 pause = float(os.environ.get("DDP_EPOCH_PAUSE", "0"))
-history = fit(net, toy_data(), recipe(epochs=epochs, augment=AugmentConfig(translate=1, hflip=True), batch_size=16),
+history = train_one(net, toy_data(), recipe(epochs=epochs, augment=AugmentConfig(translate=1, hflip=True), batch_size=16),
               progress=False, checkpoint=checkpoint, callbacks=[lambda record: time.sleep(pause)])
 if Ranks.from_env().main:
     torch.save({"state": net.state_dict(), "history": history}, out)

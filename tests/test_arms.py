@@ -3,11 +3,12 @@
 import pytest
 from test_train import toy_data
 
-from distillery.core.arms import ARMS, has_study, is_fixed, load_best, search_space, study_budget
+from distillery.core.arms import ARMS, load_best
+from distillery.core.search_spaces import has_study, is_fixed, search_space, study_budget
 from distillery.core.config import parse_params
 from distillery.reporting.seed_plan import comparison_pairs
 from distillery.core.files import Best
-from distillery.training.plan import final_run, trial_run
+from distillery.recipe.arm_runs import final_run, trial_run
 from distillery.tuning.studies import open_arm_study
 
 PARAMS = parse_params({"data": {"image_size": 8}, "student": {"patch_size": 4, "embed_dim": 32, "depth": 1,
@@ -172,7 +173,7 @@ def test_final_seeds_vary_initialisation_and_data_order():
 
 
 def test_the_teacher_trains_with_its_own_label_smoothing():
-    from distillery.training.plan import teacher_run
+    from distillery.recipe.arm_runs import teacher_run
 
     params = parse_params({"teacher": {"label_smoothing": 0.0, "epochs": 1}, "train": {"label_smoothing": 0.2}})
     _, run = teacher_run(params, toy_data(classes=3))
@@ -200,7 +201,7 @@ def test_common_random_numbers_are_really_shared_by_the_paired_arms_of_one_seed(
     changes all of them."""
     import torch
 
-    from distillery.training.droppath import epoch_masks
+    from distillery.recipe.droppath import epoch_masks
 
     data = toy_data(size=8)
     best = Best(arm="soft", study_name="x", trial=0, objective=0.9, hparams=HP, n_trials=1, n_complete=1, n_pruned=0,
@@ -219,7 +220,7 @@ def test_common_random_numbers_are_really_shared_by_the_paired_arms_of_one_seed(
 
 
 def test_a_cold_study_runs_cold_trials_and_a_warm_started_one_n_trials_for_every_arm():
-    from distillery.core.arms import new_trials
+    from distillery.core.search_spaces import new_trials
 
     p = parse_params({"sweep": {"n_trials": 2, "cold_trials": 12}})
     budgets = [study_budget(p, arm) for arm in ("none", "soft", "hard", "fake")]

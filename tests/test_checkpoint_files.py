@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from distillery.core.errors import ConfigError
-from distillery.training import models as models_mod
-from distillery.training.models import (
+from distillery.recipe import models as models_mod
+from distillery.recipe.models import (
     build_teacher,
     load_model,
     load_partial_state,

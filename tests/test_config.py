@@ -9,7 +9,7 @@ import yaml
 from conftest import set_dotted
 
 from distillery.core.config import Params, load_params, parse_params
-from distillery.training.models import check_model_names
+from distillery.recipe.models import check_model_names
 from distillery.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

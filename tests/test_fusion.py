@@ -11,11 +11,12 @@ import torch
 
 from distillery.core.config import AugmentConfig, StudentConfig, TrainConfig
 from distillery.core.errors import TrainingError
-from distillery.training import droppath
+from distillery.recipe import droppath
 from distillery.training.fusion import chunks, group_size, why_not_fusable
-from distillery.training.loop import Member, Recipe, fit_group
-from distillery.training.losses import DistillLoss
-from distillery.training.models import vit_spec
+from distillery.recipe.run_recipe import Recipe
+from distillery.training.loop import Member, fit
+from distillery.recipe.losses import DistillLoss
+from distillery.recipe.models import vit_spec
 
 from test_train import toy_data
 
@@ -77,9 +78,9 @@ def test_a_fused_member_ends_where_it_ends_alone(kind, data, teacher):
     t = teacher if kind in ("soft", "hard") else None
     alone = []
     for m in members(kind):
-        fit_group([m], data, teacher=t, progress=False)
+        fit([m], data, teacher=t, progress=False)
         alone.append(m)
-    fused = fit_group(members(kind), data, teacher=t, progress=False)
+    fused = fit(members(kind), data, teacher=t, progress=False)
     for a, f in zip(alone, fused):
         assert [h["epoch"] for h in f.history] == [1, 2, 3]
         assert max_diff(weights(a.net), weights(f.net)) < 2e-4  # summation order only
@@ -91,13 +92,13 @@ def test_a_fused_member_ends_where_it_ends_alone(kind, data, teacher):
 
 
 def test_members_differ_where_their_settings_differ(data):
-    fused = fit_group(members("none"), data, progress=False)
+    fused = fit(members("none"), data, progress=False)
     w = [weights(m.net) for m in fused]
     assert max_diff(w[0], w[1]) > 1e-2 and max_diff(w[0], w[2]) > 1e-2
 
 
 def test_a_fused_run_is_bitwise_reproducible(data, teacher):
-    runs = [fit_group(members("soft"), data, teacher=teacher, progress=False) for _ in range(2)]
+    runs = [fit(members("soft"), data, teacher=teacher, progress=False) for _ in range(2)]
     for a, b in zip(*runs):
         assert all(torch.equal(x, y) for x, y in zip(weights(a.net).values(), weights(b.net).values()))
         assert all(torch.equal(x, y) for x, y in zip(a.optimizer.state_dict()["state"][0].values(),
@@ -111,7 +112,7 @@ class Prune(Exception):
 
 
 def test_a_pruned_member_leaves_and_the_others_train_on_unmoved(data):
-    ref = fit_group(members("control", epochs=4), data, progress=False)
+    ref = fit(members("control", epochs=4), data, progress=False)
     group = members("control", epochs=4)
 
     def prune_at_2(record):
@@ -119,7 +120,7 @@ def test_a_pruned_member_leaves_and_the_others_train_on_unmoved(data):
             raise Prune("pruned at epoch 2")
 
     group[1].callbacks = [prune_at_2]
-    fit_group(group, data, progress=False)
+    fit(group, data, progress=False)
     assert isinstance(group[1].outcome, Prune) and len(group[1].history) == 2
     assert group[0].history[-1]["group_size"] == 2
     for i in (0, 2):
@@ -129,9 +130,9 @@ def test_a_pruned_member_leaves_and_the_others_train_on_unmoved(data):
 
 
 def test_a_killed_group_resumes_every_member_from_its_own_checkpoint(data, tmp_path):
-    ref = fit_group(members("none", epochs=4), data, progress=False)
+    ref = fit(members("none", epochs=4), data, progress=False)
     first = members("none", epochs=2, tmp=tmp_path)
-    fit_group(first, data, progress=False)
+    fit(first, data, progress=False)
     # the same runs with the full budget would not resume a 2-epoch checkpoint (another schedule):
     # stop a 4-epoch group after its second epoch instead, as a kill would
     group = members("none", epochs=4, tmp=tmp_path / "k")
@@ -146,14 +147,14 @@ def test_a_killed_group_resumes_every_member_from_its_own_checkpoint(data, tmp_p
 
     group[0].callbacks = [kill_at_2]
     with pytest.raises(Kill):
-        fit_group(group, data, progress=False)
+        fit(group, data, progress=False)
     log = tmp_path / "epochs.log"
     resumed = members("none", epochs=4, tmp=tmp_path / "k")
     import os
 
     os.environ["DISTILLERY_EPOCH_LOG"] = str(log)
     try:
-        fit_group(resumed, data, progress=False)
+        fit(resumed, data, progress=False)
     finally:
         del os.environ["DISTILLERY_EPOCH_LOG"]
     assert sorted(log.read_text().split("\n")[:-1]) == sorted(f"m{i}\t{e}" for i in range(3) for e in (3, 4))
@@ -165,7 +166,7 @@ def test_a_killed_group_resumes_every_member_from_its_own_checkpoint(data, tmp_p
 def test_a_member_whose_loss_is_not_finite_fails_alone(data):
     group = members("none", epochs=2)
     group[2].recipe = Recipe(**{**group[2].recipe.__dict__, "lr": 1e30})
-    fit_group(group, data, progress=False)
+    fit(group, data, progress=False)
     assert isinstance(group[2].outcome, TrainingError) and "loss became" in str(group[2].outcome)
     assert group[0].outcome is None and len(group[0].history) == 2
 
@@ -198,9 +199,9 @@ def test_what_cannot_be_fused_is_named(teacher):
         import copy
 
         r = Recipe(epochs=1, lr=1e-3, weight_decay=0.0, mixing=0.0, train=TrainConfig(batch_size=16), augment=AUGMENT)
-        fit_group([Member(copy.deepcopy(teacher), r), Member(copy.deepcopy(teacher), r)], toy_data(), progress=False)
+        fit([Member(copy.deepcopy(teacher), r), Member(copy.deepcopy(teacher), r)], toy_data(), progress=False)
     with pytest.raises(TrainingError, match="cannot be fused"):  # asked for the stacked forward with one member
-        fit_group([Member(copy.deepcopy(teacher), r)], toy_data(), progress=False, fused=True)
+        fit([Member(copy.deepcopy(teacher), r)], toy_data(), progress=False, fused=True)
 
 
 def test_group_sizes_follow_the_setting():
@@ -223,7 +224,7 @@ def test_group_sizes_follow_the_setting():
 def test_a_kill_between_two_members_checkpoints_costs_one_epoch_and_no_bit(data, tmp_path):
     """Killed while the group wrote its epoch-3 checkpoints: member 0's still says epoch 2. The others
     step back to their previous checkpoint and the group redoes epoch 3 together."""
-    ref = fit_group(members("none", epochs=4), data, progress=False)
+    ref = fit(members("none", epochs=4), data, progress=False)
 
     class Kill(BaseException):
         pass
@@ -235,11 +236,11 @@ def test_a_kill_between_two_members_checkpoints_costs_one_epoch_and_no_bit(data,
     group = members("none", epochs=4, tmp=tmp_path)
     group[0].callbacks = [kill_at_3]
     with pytest.raises(Kill):
-        fit_group(group, data, progress=False)
+        fit(group, data, progress=False)
     first = tmp_path / "m0.pt"
     first.unlink()
     (tmp_path / "m0.pt.previous").rename(first)  # as if the kill came before member 0's epoch-3 write
-    resumed = fit_group(members("none", epochs=4, tmp=tmp_path), data, progress=False)
+    resumed = fit(members("none", epochs=4, tmp=tmp_path), data, progress=False)
     for a, b in zip(ref, resumed):
         assert [h["epoch"] for h in b.history] == [1, 2, 3, 4]
         assert max_diff(weights(a.net), weights(b.net)) == 0

@@ -15,7 +15,7 @@ def _comp(arm, ref, diff, low, high):
 
 @pytest.mark.parametrize("low,high,short", [
     (1.2, 3.0, "gain>1"), (0.1, 0.8, "gain<1"), (0.2, 1.6, "gain"), (-3.0, -1.5, "loss>1"), (-0.9, -0.1, "loss<1"),
-    (-2.0, -0.3, "loss"), (-0.6, 0.7, "|Δ|<1"), (-0.5, 2.5, "unclear"), (-math.inf, math.inf, "1 seed")])
+    (-2.0, -0.3, "loss"), (-0.6, 0.7, "|Δ|<1"), (-0.5, 2.5, "inconclusive"), (-math.inf, math.inf, "1 seed")])
 def test_every_verdict_has_a_short_form(low, high, short):
     assert short_verdict(verdict_for(low, high, 1.0), 1.0) == short
 

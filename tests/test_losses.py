@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from distillery.training.losses import DistillLoss, hard_distillation_term, smoothed_one_hot, soft_distillation_term, soft_target_ce
+from distillery.recipe.losses import DistillLoss, hard_distillation_term, smoothed_one_hot, soft_distillation_term, soft_target_ce
 
 LN2 = math.log(2.0)
 

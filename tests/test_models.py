@@ -4,7 +4,7 @@ import timm
 import torch
 
 from distillery.core.config import StudentConfig
-from distillery.training.models import (
+from distillery.recipe.models import (
     build_teacher,
     count_params,
     load_model,

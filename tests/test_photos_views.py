@@ -3,14 +3,13 @@
 import numpy as np
 import pytest
 import torch
-from test_train import recipe, toy_data
+from test_train import recipe, toy_data, train_one
 
 from distillery.core.config import AugmentConfig, TrainConfig
 from distillery.data import Prepared, Split
-from distillery.training.augment import BatchAugment, Normalizer, center_crop, draw_crop_boxes, resized_crop
+from distillery.recipe.augment import BatchAugment, Normalizer, center_crop, draw_crop_boxes, resized_crop
 from distillery.training.batches import DeviceBatches, StreamedBatches, batch_source
-from distillery.training.loop import fit
-from distillery.training.models import ModelSpec, state_digest
+from distillery.recipe.models import ModelSpec, state_digest
 
 CPU = torch.device("cpu")
 
@@ -131,7 +130,7 @@ def test_streaming_and_the_device_copy_train_the_same_model(augment):
     results = []
     for mode in ("on", "off"):
         net = spec.build(0)
-        hist = fit(net, data, recipe(epochs=2, augment=augment, mixing=0.8, batch_size=8, device_cache=mode),
+        hist = train_one(net, data, recipe(epochs=2, augment=augment, mixing=0.8, batch_size=8, device_cache=mode),
                    progress=False)
         results.append((state_digest(net), [{k: v for k, v in h.items() if k != "epoch_seconds"} for h in hist]))
     assert results[0] == results[1]

@@ -428,7 +428,7 @@ def test_dvc_exp_show_fits_a_screen_and_dvc_plots_render(repo, tmp_path):
         assert max(len(line) for line in table.splitlines()) <= 200, table
         for name in names:
             assert name in table, table
-        assert re.search(r"[+-]\d+\.\d\d±\d+\.\d\d (gain|loss|unclear|\|Δ\|<)", table), table
+        assert re.search(r"[+-]\d+\.\d\d±\d+\.\d\d (gain|loss|inconclusive|\|Δ\|<)", table), table
         run_ok(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], dest, env)
         html = (tmp_path / "plots" / "index.html").read_text()
         assert "effects.png" in html and "learning_curves.png" in html and "val_acc" in html

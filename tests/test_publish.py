@@ -39,8 +39,8 @@ def test_final_runs_get_the_test_metrics_under_names_users_sort_by():
 def test_served_model_is_the_evaluation_view_and_the_averaged_heads(name):
     import timm
 
-    from distillery.training.augment import Normalizer
-    from distillery.training.models import split_heads
+    from distillery.recipe.augment import Normalizer
+    from distillery.recipe.models import split_heads
 
     torch.manual_seed(0)
     net = timm.create_model(name, img_size=8, patch_size=4, embed_dim=16, depth=1, num_heads=2, in_chans=1,
@@ -63,7 +63,7 @@ def test_a_final_model_is_a_logged_model_of_its_run_with_its_metrics_and_dataset
     from distillery.core.tracking import log_dataset_inputs
     from distillery.data.datasets import Prepared, Split
     from distillery.evaluation.publish import log_served_model, register
-    from distillery.training.models import save_model, vit_spec
+    from distillery.recipe.models import save_model, vit_spec
 
     monkeypatch.chdir(tmp_path)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")

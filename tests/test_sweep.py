@@ -15,6 +15,20 @@ def open_(path, cfg, name="s", warmup=1, epochs=3):
     return open_study(path, name, cfg, seed=0, warmup_epochs=warmup, epochs=epochs)
 
 
+def one_by_one(fn):
+    """A batch objective (what run_study takes) from a function of one trial: each trial of the batch in turn."""
+    def batch(trials):
+        out = []
+        for trial in trials:
+            try:
+                out.append(fn(trial))
+            except optuna.TrialPruned as exc:
+                out.append(exc)
+        return out
+
+    return batch
+
+
 def objective(trial):
     hp = suggest_space(trial, SPACE)
     for step in range(1, 4):
@@ -26,11 +40,11 @@ def objective(trial):
 
 def test_cap_holds_across_reruns_and_the_study_resumes(tmp_path):
     cfg = SweepConfig(n_trials=4, startup_trials=2)
-    first = run_study(open_(tmp_path / "study.db", cfg), objective, cfg.n_trials)
+    first = run_study(open_(tmp_path / "study.db", cfg), one_by_one(objective), cfg.n_trials)
     assert len(first.trials) == 4
-    again = run_study(open_(tmp_path / "study.db", cfg), objective, cfg.n_trials)
+    again = run_study(open_(tmp_path / "study.db", cfg), one_by_one(objective), cfg.n_trials)
     assert [t["number"] for t in again.trials] == [0, 1, 2, 3]
-    more = run_study(open_(tmp_path / "study.db", cfg), objective, 6)
+    more = run_study(open_(tmp_path / "study.db", cfg), one_by_one(objective), 6)
     assert [t["number"] for t in more.trials] == list(range(6))
     assert more.best["objective"] >= first.best["objective"]
 
@@ -46,10 +60,10 @@ def test_interrupted_study_keeps_finished_trials(tmp_path):
         return objective(trial)
 
     with pytest.raises(KeyboardInterrupt):
-        run_study(open_(tmp_path / "study.db", cfg), dies_on_third, cfg.n_trials)
+        run_study(open_(tmp_path / "study.db", cfg), one_by_one(dies_on_third), cfg.n_trials)
     reopened = open_(tmp_path / "study.db", cfg)
     assert len(reopened.get_trials(states=FINISHED)) == 2
-    result = run_study(reopened, objective, cfg.n_trials)
+    result = run_study(reopened, one_by_one(objective), cfg.n_trials)
     assert sum(t["state"] in ("COMPLETE", "PRUNED") for t in result.trials) == 5
 
 
@@ -83,7 +97,7 @@ def test_a_killed_trials_slot_is_reused_not_one_another_worker_is_running(tmp_pa
         study.tell(trial, 0.4)
         return 0.1
 
-    result = run_study(study, objective, 3, poll_s=0.01)
+    result = run_study(study, one_by_one(objective), 3, poll_s=0.01)
     assert drawn == [1]  # one free place under the cap, and it is the killed trial's
     assert len(result.trials) == 3
 
@@ -104,7 +118,7 @@ def test_a_worker_returns_only_when_the_other_workers_trials_have_finished(tmp_p
     def pruned(trial):
         raise optuna.TrialPruned()
 
-    result = run_study(study, pruned, 2, poll_s=0.05)
+    result = run_study(study, one_by_one(pruned), 2, poll_s=0.05)
     assert result.best["trial"] == 0 and result.best["objective"] == 0.9
 
 
@@ -112,7 +126,7 @@ def test_best_records_fixed_and_categorical_knobs(tmp_path):
     space = {"alpha": RangeSpec(low=0.5, high=0.5), "mixing": ChoiceSpec(choices=[0.8]),
              "lr": ChoiceSpec(choices=[1e-3, 2e-3])}
     result = run_study(open_(tmp_path / "study.db", SweepConfig(n_trials=2)),
-                       lambda t: suggest_space(t, space)["lr"], 2)
+                       one_by_one(lambda t: suggest_space(t, space)["lr"]), 2)
     assert result.best["hparams"]["alpha"] == 0.5 and result.best["hparams"]["mixing"] == 0.8
     assert result.best["hparams"]["lr"] in (1e-3, 2e-3)
 
@@ -141,7 +155,7 @@ def test_pruning_never_happens_before_warmup_ends(tmp_path, pruner, warmup):
                 raise optuna.TrialPruned()
         return 1.0 if good else 0.0
 
-    run_study(study, obj, cfg.n_trials)
+    run_study(study, one_by_one(obj), cfg.n_trials)
     assert pruned_at, "the pruner never pruned: the test would prove nothing"
     assert min(pruned_at) >= first_prunable_epoch(warmup, epochs) == warmup + 1
 
@@ -177,8 +191,8 @@ def test_a_batch_draws_each_trial_from_its_own_slots_sampler(tmp_path):
     settings = {}
     for batch in (1, 3):
         study = open_(tmp_path / f"b{batch}.db", cfg)
-        run_study(study, None, 3, sampler_for=sampler_for, batch=batch, draw=draw,
-                  batch_objective=lambda trials: [suggest_space(t, SPACE)["alpha"] for t in trials])
+        run_study(study, lambda trials: [suggest_space(t, SPACE)["alpha"] for t in trials], 3,
+                  sampler_for=sampler_for, batch=batch, draw=draw)
         settings[batch] = {t.user_attrs["slot"]: t.params for t in study.trials}
     assert settings[3] == settings[1]
     assert len({round(p["alpha"], 12) for p in settings[3].values()}) == 3
@@ -197,7 +211,7 @@ def _study_with(n_complete: int, knobs: tuple[str, ...]):
 
 
 def test_importances_wait_for_ten_completed_trials_per_searched_knob():
-    from distillery.core.arms import importance_min_trials
+    from distillery.core.search_spaces import importance_min_trials
     from distillery.tuning.studies import param_importance
 
     assert importance_min_trials(1) == 10 and importance_min_trials(4) == 40

@@ -9,15 +9,16 @@ import torch
 from distillery.core.config import AugmentConfig, Params
 from distillery.core.files import Best
 from distillery.core.paths import Layout
-from distillery.training.augment import BatchAugment, Normalizer
-from distillery.training.loop import fit, seed_everything
-from distillery.training.losses import DistillLoss
-from distillery.training.models import state_digest, vit_spec
-from distillery.training.plan import final_run, teacher_cache, trial_run
+from distillery.recipe.augment import BatchAugment, Normalizer
+from distillery.training.loop import seed_everything
+from distillery.recipe.losses import DistillLoss
+from distillery.recipe.models import state_digest, vit_spec
+from distillery.recipe.arm_runs import final_run, trial_run
+from distillery.training.teacher_cache import cache_for
 from distillery.training.teacher_cache import TeacherCache, TeacherLogits, open_teacher_logits, stream_key
 from distillery.training.batches import DeviceBatches
-from distillery.training.views import ViewStream
-from test_train import STUDENT, recipe, toy_data
+from distillery.recipe.views import ViewStream
+from test_train import STUDENT, recipe, toy_data, train_one
 
 CPU = torch.device("cpu")
 AUG = AugmentConfig(translate=2, hflip=True, random_erasing=0.5)  # draws from every generator timm uses
@@ -106,7 +107,7 @@ def test_cached_logits_are_bitwise_the_live_logits(tmp_path):
 def distilled_fit(cache, kind="soft", epochs=2):
     r = recipe(epochs=epochs, loss=DistillLoss(kind, 0.5, 2.0), augment=AUG, mixing=0.8)
     net = student()
-    history = fit(net, toy_data(), r, teacher=teacher_net(), teacher_cache=cache, progress=False)
+    history = train_one(net, toy_data(), r, teacher=teacher_net(), teacher_cache=cache, progress=False)
     return net, history
 
 
@@ -191,7 +192,7 @@ def test_streams_are_keyed_by_what_changes_the_logits(tmp_path):
 
 
 def test_the_loop_files_its_logits_under_that_key(tmp_path):
-    """Ties fit() to stream_key: a key fit() built by itself, missing a field, would land elsewhere."""
+    """Ties the loop to stream_key: a key the loop built by itself, missing a field, would land elsewhere."""
     distilled_fit(TeacherCache(tmp_path, 2**30), epochs=1)
     assert [d.name for d in tmp_path.iterdir()] == [TeacherCache(tmp_path, 0).stream_dir(key_of()).name]
 
@@ -202,7 +203,7 @@ def test_a_resumed_distilled_run_replays_and_ends_where_the_uninterrupted_one_do
     cache = TeacherCache(tmp_path / "cache", 2**30)
     r = recipe(epochs=3, loss=DistillLoss("soft", 0.5, 2.0), augment=AUG, mixing=0.8)
     uninterrupted = (student(), None)
-    uninterrupted = (uninterrupted[0], fit(uninterrupted[0], toy_data(), r, teacher=teacher_net(), progress=False))
+    uninterrupted = (uninterrupted[0], train_one(uninterrupted[0], toy_data(), r, teacher=teacher_net(), progress=False))
 
     def stop_after_two(record):
         if record["epoch"] == 2:
@@ -210,10 +211,10 @@ def test_a_resumed_distilled_run_replays_and_ends_where_the_uninterrupted_one_do
 
     ckpt = tmp_path / "run.pt"
     with pytest.raises(TrainingError):
-        fit(student(), toy_data(), r, teacher=teacher_net(), teacher_cache=cache, checkpoint=ckpt,
+        train_one(student(), toy_data(), r, teacher=teacher_net(), teacher_cache=cache, checkpoint=ckpt,
             callbacks=[stop_after_two], progress=False)
     net = student()
-    history = fit(net, toy_data(), r, teacher=teacher_net(), teacher_cache=cache, checkpoint=ckpt, progress=False)
+    history = train_one(net, toy_data(), r, teacher=teacher_net(), teacher_cache=cache, checkpoint=ckpt, progress=False)
     assert [h["teacher_from_cache"] for h in history] == [0.0, 0.0, 0.0]  # epochs 1-2 restored, epoch 3 built
     assert len(list(tmp_path.glob("cache/*/epoch_*.npy"))) == 3
     same_training(uninterrupted, (net, history))
@@ -221,10 +222,10 @@ def test_a_resumed_distilled_run_replays_and_ends_where_the_uninterrupted_one_do
 
 def test_live_mode_has_no_cache_and_cached_mode_lives_at_the_project(tmp_path):
     layout = Layout(tmp_path)
-    assert teacher_cache(Params(distill={"teacher": "live"}), layout) is None
-    cache = teacher_cache(Params(), layout)
+    assert cache_for(Params(distill={"teacher": "live"}), layout) is None
+    cache = cache_for(Params(), layout)
     assert cache.root == tmp_path / "cache" / "teacher" and cache.max_bytes == 2048 * 2**20
-    assert teacher_cache(Params(distill={"cache_dir": "elsewhere"}), layout).root == tmp_path / "elsewhere"
+    assert cache_for(Params(distill={"cache_dir": "elsewhere"}), layout).root == tmp_path / "elsewhere"
 
 
 def test_open_without_a_cache_is_live():
@@ -237,5 +238,5 @@ def test_no_training_step_waits_for_the_gpu(tmp_path):
     cuda = {"device": "cuda"}
     for kind, cache in (("none", None), ("soft", None), ("soft", TeacherCache(tmp_path, 2**30))):
         r = recipe(epochs=2, loss=DistillLoss(kind, 0.5, 2.0), augment=AUG, mixing=0.8, **cuda)
-        fit(student(), toy_data(), r, teacher=teacher_net() if kind != "none" else None, teacher_cache=cache,
+        train_one(student(), toy_data(), r, teacher=teacher_net() if kind != "none" else None, teacher_cache=cache,
             progress=False, forbid_host_sync=True)  # raises on the first synchronising call inside a step

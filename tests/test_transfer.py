@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from distillery.core.config import AugmentConfig, TrainConfig
-from distillery.evaluation.training_views import teacher_on_views
+from distillery.evaluation.teacher_views import teacher_on_views
 from distillery.evaluation.transfer import (agreement_by_class, consistent_errors, fidelity, label_signal,
                                             mean_over_seeds)
 

@@ -8,7 +8,7 @@ from distillery.core.config import TrackingConfig, parse_params
 from distillery.core.paths import Layout
 from distillery.tuning.studies import open_study, run_study
 from distillery.core.tracking import setup_tracking
-from distillery.tuning.objective import make_objective
+from distillery.tuning.objective import ArmObjective
 
 SMALL_STUDENT = {"patch_size": 4, "embed_dim": 32, "depth": 1, "num_heads": 2}
 
@@ -31,7 +31,7 @@ def params_with(lr_range):
 def test_diverging_trials_are_pruned_with_the_reason(tmp_path, tracking):
     params = params_with({"low": 1e30, "high": 1e30})
     study = open_study(tmp_path / "s.db", "nan", params.sweep, 0, 0, 1)
-    result = run_study(study, make_objective(params, "hard", toy_data(), RecordingTeacher(), {}), 2)
+    result = run_study(study, ArmObjective(params, "hard", toy_data(), RecordingTeacher(), {}), 2)
     assert [t["state"] for t in result.trials] == ["PRUNED", "PRUNED"]
     assert all("loss became nan" in t["prune_reason"] for t in result.trials)
     assert result.best == {}
@@ -42,7 +42,7 @@ def test_diverging_trials_are_pruned_with_the_reason(tmp_path, tracking):
 def test_healthy_trials_complete_and_log_their_curves(tmp_path, tracking):
     params = params_with({"low": 1e-3, "high": 1e-3})
     study = open_study(tmp_path / "s.db", "ok", params.sweep, 0, 0, 1)
-    result = run_study(study, make_objective(params, "hard", toy_data(), RecordingTeacher(), {}), 2)
+    result = run_study(study, ArmObjective(params, "hard", toy_data(), RecordingTeacher(), {}), 2)
     assert [t["state"] for t in result.trials] == ["COMPLETE", "COMPLETE"]
     assert result.best["hparams"]["alpha"] == 0.5 and result.best["hparams"]["lr"] == 1e-3
     runs = mlflow.search_runs(experiment_names=["t"])

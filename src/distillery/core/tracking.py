@@ -63,6 +63,11 @@ def system_metrics_on(cfg: TrackingConfig) -> bool:
     return bool(cfg.system_metrics)
 
 
+def system_metrics_interval(cfg: TrackingConfig) -> float | None:
+    """The sampling interval of a training run's system metrics, or None when they are off."""
+    return cfg.system_metrics_interval if system_metrics_on(cfg) else None
+
+
 def setup_tracking(cfg: TrackingConfig, layout: Layout, monitor: bool = True) -> str:
     """Point MLflow at the configured store, creating the database once (under a lock). monitor=False:
     no system metrics, and no torch import to decide (the report stage, which trains nothing)."""

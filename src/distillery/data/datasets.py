@@ -109,7 +109,34 @@ def _is_grayscale_mode(mode: str) -> bool:
 
 
 def load_folder_source(root: str | Path, size: int, channels: str | int = "auto", max_per_class: int | None = None) -> RawDataset:
+    """An ImageFolder (one sub-folder per class): every image decoded at `size`; what is not used is
+    listed in `skipped` with the reason (not an image, unreadable, a byte-identical duplicate)."""
     root = Path(root)
+    classes, files, skipped = _list_folder(root)
+    # Decode and shrink each image once, in parallel; the channel count is decided after all modes are known.
+    small, short_sides = _keep_decoded(root, files, _decode_all([p for p, _ in files], size), max_per_class, skipped)
+    counts = np.bincount([idx for _, idx in small], minlength=len(classes))
+    empty = [classes[i] for i, c in enumerate(counts) if c == 0]
+    if empty:
+        raise DataError(
+            f"class folder(s) with no usable image: {', '.join(empty)} under '{root}'"
+            + (f" (e.g. {'; '.join(why[:3])})" if (why := [f"{x['file']}: {x['reason']}" for x in skipped
+                                                           if x["file"].split("/")[0] in empty]) else "")
+            + "; add images or remove the folder"
+        )
+    if len(classes) < 2:
+        raise DataError(f"only one class ('{classes[0]}') under '{root}'; classification needs at least two")
+    if channels == "auto":
+        channels = 1 if all(a.ndim == 2 for a, _ in small) else 3
+    channels = int(channels)
+    images = [_as_channels(a, channels) for a, _ in small]
+    labels = [idx for _, idx in small]
+    return RawDataset(np.stack(images), np.asarray(labels, dtype=np.int64), classes, skipped,
+                      median_short_side=int(np.median(short_sides)))
+
+
+def _list_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]], list[dict[str, str]]]:
+    """The class names, every image file with its class index, and the files that are not images."""
     if not root.exists():
         raise DataError(f"data.path '{root}' does not exist; point it at a folder with one sub-folder per class")
     if not root.is_dir():
@@ -117,20 +144,21 @@ def load_folder_source(root: str | Path, size: int, channels: str | int = "auto"
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise DataError(f"data.path '{root}' has no class sub-folders; expected <root>/<class>/<image files>")
-
     skipped: list[dict[str, str]] = []
     files: list[tuple[Path, int]] = []
-    classes = [d.name for d in class_dirs]
     for idx, d in enumerate(class_dirs):
-        found = sorted(p for p in d.rglob("*") if p.is_file() and not p.name.startswith("."))
-        for p in found:
+        for p in sorted(p for p in d.rglob("*") if p.is_file() and not p.name.startswith(".")):
             if p.suffix.lower() in IMAGE_SUFFIXES:
                 files.append((p, idx))
             else:
                 skipped.append({"file": str(p.relative_to(root)), "reason": "not an image file"})
+    return [d.name for d in class_dirs], files, skipped
 
-    # Decode and shrink each image once, in parallel; the channel count is decided after all modes are known.
-    decoded = _decode_all([p for p, _ in files], size)
+
+def _keep_decoded(root: Path, files: list[tuple[Path, int]], decoded: list, max_per_class: int | None,
+                  skipped: list[dict[str, str]]) -> tuple[list[tuple[np.ndarray, int]], list[int]]:
+    """The decoded images kept (up to max_per_class per class) with their class, and their short sides;
+    each one left out goes to `skipped` with its reason."""
     small: list[tuple[np.ndarray, int]] = []
     short_sides: list[int] = []
     per_class: dict[int, int] = {}
@@ -150,26 +178,7 @@ def load_folder_source(root: str | Path, size: int, channels: str | int = "auto"
         per_class[idx] = per_class.get(idx, 0) + 1
         small.append((arr, idx))
         short_sides.append(short_side)
-
-    counts = np.bincount([idx for _, idx in small], minlength=len(classes))
-    empty = [classes[i] for i, c in enumerate(counts) if c == 0]
-    if empty:
-        raise DataError(
-            f"class folder(s) with no usable image: {', '.join(empty)} under '{root}'"
-            + (f" (e.g. {'; '.join(why[:3])})" if (why := [f"{x['file']}: {x['reason']}" for x in skipped
-                                                           if x["file"].split("/")[0] in empty]) else "")
-            + "; add images or remove the folder"
-        )
-    if len(classes) < 2:
-        raise DataError(f"only one class ('{classes[0]}') under '{root}'; classification needs at least two")
-
-    if channels == "auto":
-        channels = 1 if all(a.ndim == 2 for a, _ in small) else 3
-    channels = int(channels)
-    images = [_as_channels(a, channels) for a, _ in small]
-    labels = [idx for _, idx in small]
-    return RawDataset(np.stack(images), np.asarray(labels, dtype=np.int64), classes, skipped,
-                      median_short_side=int(np.median(short_sides)))
+    return small, short_sides
 
 
 def _decode_one(path: Path, size: int) -> tuple[str, tuple[np.ndarray, int] | str]:

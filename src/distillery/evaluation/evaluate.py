@@ -16,10 +16,10 @@ from ..core.errors import ConfigError
 from ..core.files import planned_extra_seeds
 from ..core.paths import Layout
 from ..data import Prepared
-from ..training.augment import Normalizer
+from ..recipe.augment import Normalizer
 from ..training.inference import predict
 from ..training.loop import resolve_device
-from ..training.models import count_params
+from ..recipe.models import count_params
 from .transfer import agreement_by_class, consistent_errors, fidelity, label_signal, mean_over_seeds
 
 
@@ -137,7 +137,7 @@ def evaluate_all(layout: Layout, models: dict[str, list[tuple[int, Path]]], data
     """Top-1 per head for every model and seed, mean ± std over seeds, agreement with the teacher."""
     import pandas as pd
 
-    from ..training.models import load_model
+    from ..recipe.models import load_model
 
     labels = data.splits["test"].y
     columns: dict[str, np.ndarray] = {"label": labels}
@@ -223,8 +223,8 @@ def _aggregate(per_seed: dict[int | None, dict[str, Any]]) -> dict[str, Any]:
 def teacher_signal(layout: Layout, params: Params, data: Prepared) -> dict[str, Any] | None:
     """transfer.label_signal on one epoch of the first pilot seed's training views, at the recipe the
     distilled arms trained with and the soft arm's τ (1 without it). None without a distilled arm."""
-    from ..training.models import load_model
-    from .training_views import teacher_on_views
+    from ..recipe.models import load_model
+    from .teacher_views import teacher_on_views
 
     distilled = [a for a in params.arms.all if a in DISTILLED]
     if not distilled or not layout.teacher_model.exists():

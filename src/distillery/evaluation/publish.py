@@ -71,7 +71,7 @@ class Published:
 def served_model(path: Path, data: Any) -> tuple[Any, dict[str, Any], np.ndarray]:
     """The checkpoint as a ServedClassifier, its model card and an input example (the first val image)."""
     from ..serving import ServedClassifier, model_card
-    from ..training.models import load_model
+    from ..recipe.models import load_model
 
     net, spec, _ = load_model(path, expect_classes=data.num_classes, expect_chans=data.channels)
     served = ServedClassifier(net, data.mean, data.std, data.image_size)
@@ -82,7 +82,7 @@ def served_model(path: Path, data: Any) -> tuple[Any, dict[str, Any], np.ndarray
 
 def architecture_of(spec: Any, net: Any) -> str:
     """What the model is, not only the timm name it was built from (a 16-px, 4-block student is no DeiT-Tiny)."""
-    from ..training.models import count_params
+    from ..recipe.models import count_params
 
     k = spec.kwargs
     size = (f", {k['img_size']} px, patch {k['patch_size']}, width {k['embed_dim']}, depth {k['depth']}, "

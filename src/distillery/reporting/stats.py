@@ -294,7 +294,7 @@ def expected_best(values: np.ndarray, k: int) -> tuple[float, float]:
 
 _SHORT_VERDICTS = (("helped by more than", "gain>{d}"), ("helped, by less than", "gain<{d}"), ("helped", "gain"),
                    ("hurt by more than", "loss>{d}"), ("hurt, by less than", "loss<{d}"), ("hurt", "loss"),
-                   ("no effect larger than", "|Δ|<{d}"), ("needs", "1 seed"), ("inconclusive", "unclear"),
+                   ("no effect larger than", "|Δ|<{d}"), ("needs", "1 seed"), ("inconclusive", "inconclusive"),
                    ("not tested", "not tested"))
 
 

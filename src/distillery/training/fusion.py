@@ -20,7 +20,10 @@ import math
 import torch
 import torch.nn as nn
 
-from .droppath import buffers
+from ..core.config import Params
+from ..data import Prepared
+from ..recipe.arm_runs import student_spec
+from ..recipe.droppath import buffers
 
 # From benchmarks/bench_fusion.py (results/). On an H200 the default student (7 MFLOP an image) trains
 # 5.7x faster per model at K = 32 and 6.8x at 64, while DeiT-Tiny at 224 px (2.2 GFLOP) already keeps
@@ -95,3 +98,12 @@ def _explicit_attention(net: nn.Module, device: torch.device):
     finally:
         for m in flagged:
             m.fused_attn = True
+
+
+def fused_group_size(params: Params, data: Prepared, arm: str, runs: int, world: int = 1) -> int:
+    """How many of an arm's `runs` train together (train.fuse), from the device and the student's FLOPs."""
+    from .loop import resolve_device  # loop imports this module
+
+    tokens = (data.image_size // params.student.patch_size) ** 2 + 2  # patches, class and distillation tokens
+    flops = forward_flops(student_spec(params, data, arm, 0.0).build(0), tokens)
+    return group_size(params.train.fuse, runs, resolve_device(params.train.device), flops, world)

@@ -7,9 +7,9 @@ import torch
 import torch.nn as nn
 
 from ..data import Prepared
-from .augment import Normalizer
-from .losses import soft_target_ce
-from .models import split_heads
+from ..recipe.augment import Normalizer
+from ..recipe.losses import soft_target_ce
+from ..recipe.models import split_heads
 
 
 def autocast(device: torch.device):

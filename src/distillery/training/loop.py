@@ -1,21 +1,23 @@
-"""One training loop for teacher, distilled student and plain ViT.
+"""One training loop for teacher, distilled student and plain ViT: it always trains a group.
 
-The loop knows nothing about MLflow or Optuna: it reports each epoch to callbacks, which may
-log it or raise to stop (a pruned trial). It checkpoints every epoch and resumes from the
-checkpoint when the same run (same fingerprint) is started again.
+A run alone is a group of one. The loop knows nothing about MLflow or Optuna: it reports each epoch
+to callbacks, which may log it or raise to stop (a pruned trial). It knows no loss kind either: the
+teacher and the loss belong to the group's task (task.py), and how the forward runs (one module,
+its DDP wrapper, or every member fused) to its step object (steps.py), both chosen once per group.
+It checkpoints every epoch and resumes from the checkpoint when the same run (same fingerprint)
+is started again.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
 import random
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,54 +26,23 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from . import droppath
-from .augment import BatchAugment, Normalizer
+from ..recipe import droppath
+from ..recipe.augment import BatchAugment, Normalizer
 from .batches import batch_source, to_device
 from .checkpoints import previous_of, read_checkpoint, save_checkpoint, set_rng_state
 from .distributed import Ranks, all_sum, barrier
 from .distributed import init as init_distributed
-from ..core.config import AugmentConfig, TrainConfig
 from ..data import Prepared
 from ..core.errors import TrainingError
-from .losses import DistillLoss
-from .fusion import stacked_forward, why_not_fusable
-from .inference import autocast, val_metrics
-from .models import state_digest
-from .teacher_cache import TeacherCache, open_teacher_logits, stream_key
-from .views import ViewStream
+from ..recipe.run_recipe import Recipe
+from .fusion import why_not_fusable
+from .inference import val_metrics
+from .steps import FusedStep, LoneStep
+from .task import DistillationTask
+from .teacher_cache import TeacherCache
+from ..recipe.views import ViewStream
 
 EpochCallback = Callable[[dict[str, Any]], None]
-LOOP_VERSION = 2  # in every checkpoint's fingerprint: 2 = drop path drawn per run (droppath.py), not globally
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """What one training run needs beyond the model and the data."""
-
-    epochs: int
-    lr: float
-    weight_decay: float
-    mixing: float  # Mixup/CutMix alpha, 0 = off
-    train: TrainConfig
-    augment: AugmentConfig
-    loss: DistillLoss = field(default_factory=DistillLoss)
-    seed: int = 0  # initialisation, dropout and drop path
-    view_seed: int = 0  # batch order and every augmentation draw (views.py)
-
-    def fingerprint(self, extra: dict[str, Any] | None = None) -> str:
-        recipe = {**_jsonable(asdict(self)), "train": self.train.identity()}  # streamed or not: the same run
-        blob = json.dumps({"recipe": recipe, "extra": extra or {}, "loop": LOOP_VERSION}, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _jsonable(obj: Any) -> Any:
-    if hasattr(obj, "model_dump"):
-        return obj.model_dump()
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    return obj
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise TrainingError("train.device='cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
@@ -115,7 +86,7 @@ class Member:
     callbacks: list[EpochCallback] = field(default_factory=list)
     fingerprint_extra: dict[str, Any] | None = None
     replay: bool = False  # on resuming, first hand the checkpoint's epochs to the callbacks
-    # state, set up by fit_group
+    # state, set up by fit
     fingerprint: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
     start_epoch: int = 0
@@ -127,10 +98,15 @@ class Member:
     params: list[torch.Tensor] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)  # droppath.install: the drop paths, in forward order
     drop_rates: torch.Tensor | None = None
-    teacher_logits_of: Any = None  # teacher_cache.TeacherLogits, shared by members of one view
 
     def active_in(self, epoch: int) -> bool:
         return self.outcome is None and self.start_epoch <= epoch < self.recipe.epochs
+
+    def result(self) -> list[dict[str, Any]]:
+        """The member's per-epoch history, or the exception that stopped it (a pruned trial, a failed loss)."""
+        if self.outcome is not None:
+            raise self.outcome
+        return self.history
 
 
 @dataclass
@@ -147,55 +123,41 @@ class _Group:
     images: Any  # batches.batch_source: the training split on the device, or streamed
     y_train: torch.Tensor
     names: list[str]  # parameter names, the same in every member
-    model: nn.Module | None = None  # a group of one's module as it is called: the net or its DDP wrapper
-    constants: dict[tuple, tuple[torch.Tensor, ...]] = field(default_factory=dict)  # _constants' memo
-    fused: bool = False  # the stacked forward, even when one member is left (see fit_group)
+    task: DistillationTask
+    fused: bool = False  # the stacked forward, even when one member is left (see fit)
+    step: LoneStep | FusedStep | None = None  # chosen once the module is final (DDP-wrapped or not)
+    indices: dict[tuple, torch.Tensor] = field(default_factory=dict)  # _indices' memo
 
     @property
     def steps(self) -> int:
         return self.members[0].views.steps  # the ragged last batch is dropped: Mixup needs even batches
 
 
-def fit(net: nn.Module, data: Prepared, recipe: Recipe, *, teacher: nn.Module | None = None,
-        callbacks: list[EpochCallback] = (), checkpoint: Path | None = None, desc: str = "train",
-        fingerprint_extra: dict[str, Any] | None = None, progress: bool = True,
-        teacher_cache: TeacherCache | None = None, forbid_host_sync: bool = False,
-        ranks: Ranks | None = None, replay: bool = False) -> list[dict[str, Any]]:
-    """Train `net` in place (a group of one); return the per-epoch history. Resumes from `checkpoint`
-    if it matches; an exception a callback raised (a pruned trial) is raised again after its epoch."""
-    member = Member(net, recipe, desc, checkpoint, list(callbacks), fingerprint_extra, replay)
-    fit_group([member], data, teacher=teacher, teacher_cache=teacher_cache, progress=progress,
-              forbid_host_sync=forbid_host_sync, ranks=ranks, desc=desc)
-    if member.outcome is not None:
-        raise member.outcome
-    return member.history
-
-
-def fit_group(members: list[Member], data: Prepared, *, teacher: nn.Module | None = None,
-              teacher_cache: TeacherCache | None = None, progress: bool = True, forbid_host_sync: bool = False,
-              ranks: Ranks | None = None, desc: str | None = None, fused: bool | None = None) -> list[Member]:
+def fit(members: list[Member], data: Prepared, *, teacher: nn.Module | None = None,
+        teacher_cache: TeacherCache | None = None, progress: bool = True, forbid_host_sync: bool = False,
+        ranks: Ranks | None = None, desc: str | None = None, fused: bool | None = None) -> list[Member]:
     """Train every member in place, fused into one step per batch (fusion.py) when there are several.
 
     Each member keeps what makes it its own run: its seed's initial weights and drop-path draws, its
     view seed's batches and augmentations, its hyperparameters, optimizer, schedule, checkpoint and
-    callbacks. With `teacher_cache`, the teacher's logits are replayed from it where an earlier run of the
-    same view stream wrote them, and written there where not (bitwise the live result); members that see
-    the same views share one teacher forward. `forbid_host_sync` (CUDA only, a diagnostic) raises if a
-    training step makes the host wait for the GPU. With DISTILLERY_EPOCH_LOG set, each member's trained
-    epoch appends a line to that file: how much work a run and its resumptions really did.
+    callbacks. A callback that raises (a pruned trial) stops its member at the epoch boundary; the rest
+    train on, and `Member.result()` raises it again. With `teacher_cache`, the teacher's logits are
+    replayed from it where an earlier run of the same view stream wrote them, and written there where
+    not (bitwise the live result). `forbid_host_sync` (CUDA only, a diagnostic) raises if a training
+    step makes the host wait for the GPU. With DISTILLERY_EPOCH_LOG set, each member's trained epoch
+    appends a line to that file: how much work a run and its resumptions really did.
 
     `fused` (default: more than one member) keeps the stacked forward when pruning leaves a single
     member: its numbers change by summation order only. A group resumed after a kill reproduces the
     uninterrupted run bit for bit (_resume_group)."""
     ranks = ranks or Ranks.from_env()
     fused = len(members) > 1 if fused is None else fused
-    group = _set_up(members, data, teacher, ranks, desc or members[0].desc, fused)
+    group = _set_up(members, data, DistillationTask(members[0].recipe.loss, teacher, teacher_cache), ranks,
+                    desc or members[0].desc, fused)
     _resume_group(members, group.fused)
-    if ranks.world > 1:
-        teacher_cache = None  # each rank sees its slice of the view: the teacher runs live on it
-        group.model = _distributed(members[0].net, group.device)
-    if members[0].recipe.loss.needs_teacher:
-        _open_teacher_streams(group, teacher, teacher_cache)
+    module = _distributed(members[0].net, group.device) if ranks.world > 1 else members[0].net
+    group.step = FusedStep(members[0].net, group.names, group.task) if fused else LoneStep(module, group.task)
+    group.task.open_streams(members, group)
     for m in members:
         for record in m.history if (m.replay and ranks.main) else ():
             _call_back(m, record)
@@ -246,19 +208,19 @@ def _finish_epoch(group: _Group, records: dict[int, tuple[Member, dict[str, Any]
         _call_back(m, record)
 
 
-def _set_up(members: list[Member], data: Prepared, teacher: nn.Module | None, ranks: Ranks, desc: str,
+def _set_up(members: list[Member], data: Prepared, task: DistillationTask, ranks: Ranks, desc: str,
             fused: bool) -> _Group:
     """Check the members can share a group, place them and the data on the device, build each one's run."""
     lead = members[0].recipe
     _check_group(members, ranks, fused)
-    device = _place([m.net for m in members], teacher, lead, ranks, desc)
+    device = _place([m.net for m in members], task, lead, ranks, desc)
     train = data.splits["train"]
     batch_size = group_batch_size(len(train.y), max(m.recipe.mixing for m in members), ranks, desc, lead.train.batch_size)
     normalizer = Normalizer(data.mean, data.std, device, data.image_size)
     images = batch_source(train.x, device, lead.train, desc)
     y_train = torch.as_tensor(train.y).to(device)
     group = _Group(members, data, device, ranks, desc, batch_size, normalizer, images, y_train,
-                   [n for n, _ in members[0].net.named_parameters()], members[0].net, fused=fused)
+                   [n for n, _ in members[0].net.named_parameters()], task, fused=fused)
     for m in members:
         _set_up_member(group, m)
     if lead.train.compile:
@@ -275,6 +237,8 @@ def _check_group(members: list[Member], ranks: Ranks, fused: bool) -> None:
                 (lead.train, lead.augment, lead.loss.kind, lead.loss.kl_reduction, type(members[0].net)):
             raise TrainingError(f"{m.desc} cannot train in a group with {members[0].desc}: their recipes differ "
                                 "beyond their seeds and searched settings")
+    if not fused and len(members) > 1:
+        raise TrainingError(f"{members[0].desc}: a group of {len(members)} runs trains fused or not at all")
     if fused:
         why = why_not_fusable(members[0].net)
         if why or ranks.world > 1 or lead.train.compile:
@@ -307,13 +271,8 @@ def _set_up_member(group: _Group, m: Member) -> None:
     m.fingerprint = r.fingerprint(m.fingerprint_extra)
 
 
-def _place(nets: list[nn.Module], teacher: nn.Module | None, recipe: Recipe, ranks: Ranks, desc: str) -> torch.device:
-    """Check the arm's use of the teacher, pick this process's device, seed, and move the models there."""
-    loss_fn = recipe.loss
-    if loss_fn.needs_teacher and teacher is None:
-        raise TrainingError(f"loss '{loss_fn.kind}' needs a teacher model")
-    if teacher is not None and not loss_fn.needs_teacher:
-        raise TrainingError(f"loss '{loss_fn.kind}' must not see a teacher (it is a no-teacher arm)")
+def _place(nets: list[nn.Module], task: DistillationTask, recipe: Recipe, ranks: Ranks, desc: str) -> torch.device:
+    """Pick this process's device, seed, and move the models and the task's teacher there."""
     device = resolve_device(recipe.train.device)
     if device.type == "cuda" and ranks.world > 1:
         if ranks.local_rank >= torch.cuda.device_count():
@@ -326,13 +285,8 @@ def _place(nets: list[nn.Module], teacher: nn.Module | None, recipe: Recipe, ran
     for net in nets:
         net.to(device)
         if hasattr(net, "set_distilled_training"):
-            net.set_distilled_training(loss_fn.two_heads)
-    if teacher is not None:
-        teacher.to(device).eval()
-        if device.type == "cuda":
-            teacher.to(memory_format=torch.channels_last)
-        for p in teacher.parameters():
-            p.requires_grad_(False)
+            net.set_distilled_training(recipe.loss.two_heads)
+    task.place(device)
     return device
 
 
@@ -400,24 +354,6 @@ def _distributed(net: nn.Module, device: torch.device) -> nn.Module:
                                    broadcast_buffers=False)
 
 
-def _open_teacher_streams(group: _Group, teacher: nn.Module, teacher_cache: TeacherCache | None) -> None:
-    """The teacher's logits for each step of the epochs still to train, one stream per distinct view:
-    replayed from the cache or live. runs.run_identity's digests in fingerprint_extra spare hashing
-    the data and teacher again per run."""
-    streams: dict[str, Any] = {}
-    for m in group.members:
-        if m.view_key not in streams:
-            known = m.fingerprint_extra or {}
-            r = m.recipe
-            key = stream_key(known.get("teacher") or state_digest(teacher), known.get("data") or group.data.fingerprint(),
-                             r.augment, r.mixing, group.batch_size, r.view_seed, group.device)
-            start = min(o.start_epoch for o in group.members if o.view_key == m.view_key)
-            shape = (group.steps, group.batch_size // group.ranks.world, group.data.num_classes)
-            streams[m.view_key] = open_teacher_logits(teacher, group.device, shape, range(start, r.epochs),
-                                                      teacher_cache, key, m.desc)
-        m.teacher_logits_of = streams[m.view_key]
-
-
 def _epoch_inputs(group: _Group, active: list[Member], epoch: int):
     """Each step's (x, target, teacher logits or None), stacked over `active` members: (K, B, ...).
     Members with one view key share its batches and its teacher forward."""
@@ -427,7 +363,7 @@ def _epoch_inputs(group: _Group, active: list[Member], epoch: int):
     streams = {k: m.views.epoch(epoch, group.images, group.y_train) for k, m in lead.items()}
     for step in range(group.steps):
         batch = {k: next(it) for k, it in streams.items()}
-        teach = {k: m.teacher_logits_of(step, batch[k][0]) for k, m in lead.items() if m.teacher_logits_of is not None}
+        teach = group.task.logits(step, batch)
         x = torch.stack([batch[m.view_key][0] for m in active])
         target = torch.stack([batch[m.view_key][1] for m in active])
         z_t = torch.stack([teach[m.view_key] for m in active]) if teach else None
@@ -441,8 +377,7 @@ def _train_epoch(group: _Group, active: list[Member], epoch: int,
     t0 = time.perf_counter()
     for m in active:
         m.net.train()
-    streams = {m.view_key: m.teacher_logits_of for m in active if m.teacher_logits_of is not None}
-    from_cache = {k: s.begin_epoch(epoch) for k, s in streams.items()}
+    group.task.begin_epoch(epoch, list(dict.fromkeys(m.view_key for m in active)))
     # (steps, K, paths, B): each member's draws for the whole batch (a DDP rank keeps its part of it),
     # copied to the device once an epoch
     masks = torch.stack([droppath.epoch_masks(m.recipe.seed, epoch, group.steps, group.batch_size, m.drop_rates)
@@ -460,13 +395,12 @@ def _train_epoch(group: _Group, active: list[Member], epoch: int,
                 break
     for i in live:
         active[i].scheduler.step(epoch + 1)
-    for s in streams.values():
-        s.end_epoch() if live else s.abandon_epoch()  # a stream's file holds whole epochs only
-    return _epoch_records(group, active, live, epoch, sums, from_cache, time.perf_counter() - t0)
+    group.task.end_epoch(whole=bool(live))
+    return _epoch_records(group, active, live, epoch, sums, time.perf_counter() - t0)
 
 
 def _epoch_records(group: _Group, active: list[Member], live: list[int], epoch: int, sums: dict[str, torch.Tensor],
-                   from_cache: dict[str, bool], seconds: float) -> dict[int, tuple[Member, dict[str, Any]]]:
+                   seconds: float) -> dict[int, tuple[Member, dict[str, Any]]]:
     if group.ranks.world > 1:  # every rank trained on its slice: sum, then the mean of equal slices
         sums = {k: all_sum(v, group.ranks) / (1 if k == "correct" else group.ranks.world) for k, v in sums.items()}
     sums = {k: v.cpu() for k, v in sums.items()}  # one host copy per epoch
@@ -487,9 +421,8 @@ def _epoch_records(group: _Group, active: list[Member], live: list[int], epoch: 
             "lr": m.optimizer.param_groups[0]["lr"],
             "epoch_seconds": seconds,
             "group_size": len(active),
+            **group.task.record(m.view_key),
         }
-        if m.teacher_logits_of is not None:
-            record["teacher_from_cache"] = float(from_cache[m.view_key])
         records[i] = (m, record)
     return records
 
@@ -501,11 +434,11 @@ def _train_step(group: _Group, active: list[Member], live: list[int], epoch: int
     stops here, and the step is redone without it (the others' numbers do not depend on it)."""
     x, target, z_t, masks = inputs
     members = [active[i] for i in live]
-    idx, alpha, tau = _constants(group, members, live)
+    idx = _indices(group, live)
     rows = idx if len(live) < len(active) else slice(None)
     x, target, masks = x[rows], target[rows], masks[rows]
     z_t = z_t[rows] if z_t is not None else None
-    outputs, parts = _forward(group, members, x, target, z_t, masks, alpha, tau)
+    outputs, parts = group.step(members, x, target, z_t, masks)
     # A CPU check costs nothing; on GPU it would sync every step, so check once per epoch there.
     if group.device.type == "cpu" and not bool(torch.isfinite(parts["loss"]).all()):
         bad = [i for i, ok in zip(live, torch.isfinite(parts["loss"]).tolist()) if not ok]
@@ -529,35 +462,10 @@ def _train_step(group: _Group, active: list[Member], live: list[int], epoch: int
     return live
 
 
-def _constants(group: _Group, members: list[Member], live: list[int]) -> tuple[torch.Tensor, ...]:
-    """The live members' positions, λ and τ on the device: built once per set of members, not per step
-    (a copy from pageable host memory would make the host wait for the GPU)."""
-    key = tuple(id(m) for m in members) + tuple(live)
-    if key not in group.constants:
-        values = [live, [m.recipe.loss.alpha for m in members], [m.recipe.loss.tau for m in members]]
-        group.constants[key] = tuple(to_device(torch.tensor(v, dtype=dt), group.device)
-                                     for v, dt in zip(values, (torch.long, torch.float32, torch.float32)))
-    return group.constants[key]
-
-
-def _forward(group: _Group, members: list[Member], x: torch.Tensor, target: torch.Tensor, z_t: torch.Tensor | None,
-             masks: torch.Tensor, alpha: torch.Tensor, tau: torch.Tensor) -> tuple[Any, dict[str, torch.Tensor]]:
-    """Outputs and loss parts with a leading member dimension. A lone member runs its own module (the
-    reference a fused member is tested against); several run as one stacked forward."""
-    loss = members[0].recipe.loss
-    with autocast(group.device):
-        if not group.fused:
-            m = members[0]
-            for i, name in enumerate(m.paths):
-                m.net.get_submodule(name).mask = masks[0, i]
-            outputs = (group.model if m.net is group.members[0].net else m.net)(x[0])  # the DDP wrapper, if any
-            outputs = tuple(o.unsqueeze(0) for o in outputs) if isinstance(outputs, tuple) else outputs.unsqueeze(0)
-        else:
-            outputs = stacked_forward(members[0].net, group.names, [m.params for m in members], members[0].paths, x,
-                                      masks)
-    outputs = tuple(o.float() for o in outputs) if isinstance(outputs, tuple) else outputs.float()
-    if not group.fused:
-        one = loss(tuple(o[0] for o in outputs) if isinstance(outputs, tuple) else outputs[0], target[0],
-                   z_t[0] if z_t is not None else None)
-        return outputs, {k: v.unsqueeze(0) for k, v in one.items()}
-    return outputs, loss.group(outputs, target, z_t, alpha, tau)
+def _indices(group: _Group, live: list[int]) -> torch.Tensor:
+    """The live members' positions on the device: built once per set, not per step (a copy from pageable
+    host memory would make the host wait for the GPU)."""
+    key = tuple(live)
+    if key not in group.indices:
+        group.indices[key] = to_device(torch.tensor(live, dtype=torch.long), group.device)
+    return group.indices[key]

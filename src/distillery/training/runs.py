@@ -25,11 +25,12 @@ import torch.nn as nn
 
 from ..core.files import atomic_path, write_csv, write_json, write_text
 from ..data import Prepared
-from .models import ModelSpec, count_params, save_model, state_digest
+from ..recipe.models import ModelSpec, count_params, save_model, state_digest
 from ..core.tracking import (MODEL_SHA_TAG, EpochLogger, close_run, file_sha256, log_dataset_inputs, open_run,
-                             resume_run, start_run, system_metrics)
+                             system_metrics)
 from .checkpoints import checkpoint_fingerprint, previous_of
-from .loop import EpochCallback, Member, Recipe, fit, fit_group
+from .loop import Member, fit
+from ..recipe.run_recipe import Recipe
 from .distributed import Ranks
 from .teacher_cache import TeacherCache
 
@@ -43,7 +44,7 @@ class TrainedModel:
 
 @dataclass
 class Unit:
-    """One tracked run of a group: what tracked_fit_group trains, saves and logs."""
+    """One tracked run of a group: what tracked_fit trains, saves and logs."""
 
     name: str
     net: nn.Module
@@ -56,86 +57,55 @@ class Unit:
     checkpoint: Path
 
 
-def tracked_fit(*, name: str, net: nn.Module, spec: ModelSpec, data: Prepared, recipe: Recipe, tags: dict[str, str],
-                log_params: dict[str, Any], model_path: Path, history_path: Path, checkpoint: Path,
-                teacher: nn.Module | None = None, extra_callbacks: list[EpochCallback] = (),
-                teacher_cache: TeacherCache | None = None, ranks: Ranks | None = None) -> TrainedModel:
-    """Train one model inside its own MLflow run; resume both the training and the run after a kill.
-
-    Under torchrun every rank trains; only rank 0 logs, saves and cleans up (the others return run_id "")."""
+def tracked_fit(units: list[Unit], data: Prepared, *, teacher: nn.Module | None = None,
+                teacher_cache: TeacherCache | None = None, desc: str | None = None,
+                system_metrics_interval: float | None = None, ranks: Ranks | None = None) -> list[TrainedModel]:
+    """Train a group of runs (fused when there are several), each in its own MLflow run, checkpoint,
+    finished record, model and history, exactly as if trained alone; resume the training and the runs
+    after a kill. With `system_metrics_interval`, MLflow's system metrics of the shared device go to the
+    group's first run. Under torchrun (a group of one) every rank trains; only rank 0 logs, saves and
+    cleans up (the others return run_id "")."""
     ranks = ranks or Ranks.from_env()
-    unit = Unit(name, net, spec, recipe, tags, log_params, model_path, history_path, checkpoint)
-    fingerprint_extra = run_identity(spec, data.fingerprint(), state_digest(teacher) if teacher is not None else None)
-    done = _restore_finished(unit, recipe.fingerprint(fingerprint_extra), ranks)
-    if done is not None:
-        return done
-    if not ranks.main:
-        history = fit(net, data, recipe, teacher=teacher, checkpoint=checkpoint, desc=name,
-                      fingerprint_extra=fingerprint_extra, teacher_cache=teacher_cache, ranks=ranks)
-        return TrainedModel(net, history, "")
-    resume_id = _resumable_run(unit, recipe.fingerprint(fingerprint_extra))
-    ctx = resume_run(resume_id) if resume_id else start_run(name, tags, {**log_params, "num_params": count_params(net)})
-    with ctx as run:
-        write_text(checkpoint.with_suffix(".mlflow_run"), run.info.run_id)
-        if not resume_id:  # a resumed run has its inputs already
-            log_dataset_inputs(run.info.run_id, data)
-        history = fit(net, data, recipe, teacher=teacher, callbacks=[EpochLogger(), *extra_callbacks],
-                      checkpoint=checkpoint, desc=name, fingerprint_extra=fingerprint_extra,
-                      teacher_cache=teacher_cache, ranks=ranks)
-        _save_outputs(unit, history, run.info.run_id)
-    _keep_finished(unit, recipe.fingerprint(fingerprint_extra), run.info.run_id, history)
-    return TrainedModel(net, history, run.info.run_id)
-
-
-def tracked_fit_group(units: list[Unit], data: Prepared, *, teacher: nn.Module | None = None,
-                      teacher_cache: TeacherCache | None = None, desc: str = "train",
-                      system_metrics_interval: float | None = None) -> list[TrainedModel]:
-    """tracked_fit for several runs trained fused (one process, no DDP): each keeps its own MLflow run,
-    checkpoint, finished record, model and history, exactly as if trained alone. With
-    `system_metrics_interval`, MLflow's system metrics of the shared device go to the group's first run."""
-    ranks = Ranks(0, 1, 0)
     teacher_digest = state_digest(teacher) if teacher is not None else None
     extras = [run_identity(u.spec, data.fingerprint(), teacher_digest) for u in units]
     prints = [u.recipe.fingerprint(e) for u, e in zip(units, extras)]
-    results: dict[int, TrainedModel] = {}
-    for i, u in enumerate(units):
-        done = _restore_finished(u, prints[i], ranks)
-        if done is not None:
-            results[i] = done
+    results = {i: done for i, u in enumerate(units) if (done := _restore_finished(u, prints[i], ranks)) is not None}
     todo = [i for i in range(len(units)) if i not in results]
     if not todo:  # every run finished before the stage was interrupted
         return [results[i] for i in range(len(units))]
-    resumed = {i: _resumable_run(units[i], prints[i]) for i in todo}
-    run_ids = {i: open_run(units[i].name, units[i].tags,
-                           {**units[i].log_params, "num_params": count_params(units[i].net)},
-                           resume_id=resumed[i]) for i in todo}
-    for i in todo:
-        if not resumed[i]:  # a resumed run has its inputs already
-            log_dataset_inputs(run_ids[i], data)
-    members = []
-    for i in todo:
-        write_text(units[i].checkpoint.with_suffix(".mlflow_run"), run_ids[i])
-        members.append(Member(units[i].net, units[i].recipe, units[i].name, units[i].checkpoint,
-                              [EpochLogger(run_id=run_ids[i])], extras[i]))
+    run_ids = _open_runs([units[i] for i in todo], [prints[i] for i in todo], data) if ranks.main else [""] * len(todo)
+    members = [Member(units[i].net, units[i].recipe, units[i].name, units[i].checkpoint,
+                      [EpochLogger(run_id=run_id)] if run_id else [], extras[i]) for i, run_id in zip(todo, run_ids)]
     try:
-        with system_metrics(run_ids[todo[0]] if todo else "", bool(todo and system_metrics_interval),
-                            system_metrics_interval or 0):
-            fit_group(members, data, teacher=teacher, teacher_cache=teacher_cache, ranks=ranks, desc=desc)
+        with system_metrics(run_ids[0], bool(ranks.main and system_metrics_interval), system_metrics_interval or 0):
+            fit(members, data, teacher=teacher, teacher_cache=teacher_cache, ranks=ranks, desc=desc or units[0].name)
+        for m in members:
+            m.result()
     except BaseException as exc:
-        for i in todo:
-            close_run(run_ids[i], exc)
+        for run_id in run_ids if ranks.main else ():
+            close_run(run_id, exc)
         raise
-    for i, m in zip(todo, members):
-        if m.outcome is not None:
-            for j in todo:
-                close_run(run_ids[j], m.outcome)
-            raise m.outcome
-    for i, m in zip(todo, members):
-        _save_outputs(units[i], m.history, run_ids[i])
-        close_run(run_ids[i])
-        _keep_finished(units[i], prints[i], run_ids[i], m.history)
-        results[i] = TrainedModel(m.net, m.history, run_ids[i])
+    for i, m, run_id in zip(todo, members, run_ids):
+        if ranks.main:
+            _save_outputs(units[i], m.history, run_id)
+            close_run(run_id)
+            _keep_finished(units[i], prints[i], run_id, m.history)
+        results[i] = TrainedModel(m.net, m.history, run_id)
     return [results[i] for i in range(len(units))]
+
+
+def _open_runs(units: list[Unit], prints: list[str], data: Prepared) -> list[str]:
+    """Each unit's MLflow run: the interrupted one continued when its training resumes, else a new one
+    with its dataset inputs. Its id is kept beside the checkpoint, for the resume after a kill."""
+    run_ids = []
+    for u, fingerprint in zip(units, prints):
+        resumed = _resumable_run(u, fingerprint)
+        run_id = open_run(u.name, u.tags, {**u.log_params, "num_params": count_params(u.net)}, resume_id=resumed)
+        if not resumed:  # a resumed run has its inputs already
+            log_dataset_inputs(run_id, data)
+        write_text(u.checkpoint.with_suffix(".mlflow_run"), run_id)
+        run_ids.append(run_id)
+    return run_ids
 
 
 def _restore_finished(unit: Unit, fingerprint: str, ranks: Ranks) -> TrainedModel | None:
@@ -154,7 +124,7 @@ def _restore_finished(unit: Unit, fingerprint: str, ranks: Ranks) -> TrainedMode
 
 
 def _resumable_run(unit: Unit, fingerprint: str) -> str | None:
-    """The interrupted MLflow run to continue: only when fit() will continue the interrupted training."""
+    """The interrupted MLflow run to continue: only when the loop will continue the interrupted training."""
     run_file = unit.checkpoint.with_suffix(".mlflow_run")
     resumable = checkpoint_fingerprint(unit.checkpoint) == fingerprint
     return run_file.read_text().strip() if (resumable and run_file.exists()) else None

@@ -28,7 +28,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..core.config import Params
 from ..core.files import atomic_path, write_text
+from ..core.paths import Layout
 from .machine import cpu_model
 
 CACHE_DTYPE = torch.float16
@@ -180,3 +182,14 @@ def open_teacher_logits(teacher: nn.Module, device: torch.device, shape: tuple[i
         stream.mkdir(parents=True, exist_ok=True)
         write_text(stream / "key.json", json.dumps({"format": FORMAT, **key}, indent=1, sort_keys=True, default=str))
     return TeacherLogits(teacher, device, shape, stream, writable)
+
+
+def cache_for(params: Params, layout: Layout) -> TeacherCache | None:
+    """Where distilled runs replay the teacher's logits; None when distill.teacher is live."""
+    d = params.distill
+    if d.teacher == "live":
+        return None
+    root = Path(d.cache_dir) if d.cache_dir else layout.home / "cache" / "teacher"
+    if not root.is_absolute():
+        root = layout.home / root
+    return TeacherCache(root, int(d.cache_max_mb * 2**20))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from ..core.arms import recipe_space
+from ..core.search_spaces import recipe_space
 from ..core.budget import LADDER_COLUMNS, EpochBudget, Rung, centre, ladder_state
 from ..core.config import Params
 from ..core.files import objective_of, write_csv
@@ -19,8 +19,9 @@ from ..core.paths import Layout
 from ..core.tracking import base_tags
 from ..data import Prepared
 from ..training.fusion import chunks
-from ..training.plan import arm_run, fused_group_size
-from ..training.runs import Unit, tracked_fit_group
+from ..recipe.arm_runs import arm_run
+from ..training.fusion import fused_group_size
+from ..training.runs import Unit, tracked_fit
 
 SEED_OFFSET = 1000  # ladder seeds: seed + 1000 + i, apart from `seed` (trials) and the final seeds
 
@@ -41,7 +42,7 @@ def train_rung(params: Params, layout: Layout, data: Prepared, epochs: int, reci
                   layout.checkpoint(r.name)) for r in plans]
     started, per_seed, rows = time.perf_counter(), {}, []
     for group in chunks(list(zip(plans, units)), fused_group_size(p, data, arm, len(units))):
-        results = tracked_fit_group([u for _, u in group], data, desc=f"budget {epochs} epochs ({len(group)} fused)")
+        results = tracked_fit([u for _, u in group], data, desc=f"budget {epochs} epochs ({len(group)} fused)")
         for (run, _), result in zip(group, results):
             per_seed[str(run.seed)] = objective_of(result.history, params.sweep.objective_epochs)
             rows += [{"rung": epochs, "seed": run.seed, "epoch": h["epoch"], "val_acc": h["val_acc"]}

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import optuna
 
-from ..core.arms import importance_min_trials
+from ..core.search_spaces import importance_min_trials
 from ..core.config import ChoiceSpec, SearchSpec, SweepConfig
 from ..core.errors import TrainingError
 from ..core.files import atomic_path
@@ -168,7 +168,7 @@ def heartbeat(trial: optuna.Trial) -> None:
     trial.set_user_attr("heartbeat", time.time())
 
 
-def run_shared_study(study: optuna.Study, objective: Callable[[optuna.Trial], float], n_trials: int) -> SweepResult:
+def run_shared_study(study: optuna.Study, objective: BatchObjective, n_trials: int) -> SweepResult:
     """Run trials on a database study shared with workers anywhere, until it holds `n_trials` finished.
 
     There is no lock across hosts: each worker checks the count before it starts and after each
@@ -177,9 +177,12 @@ def run_shared_study(study: optuna.Study, objective: Callable[[optuna.Trial], fl
     heartbeats; the next trial any worker starts fails it, and the retry callback queues it again."""
     from optuna.study import MaxTrialsCallback
 
-    def tracked(trial: optuna.Trial) -> float:
+    def tracked(trial: optuna.Trial) -> float:  # one trial at a time: a batch of one
         trial.set_user_attr("worker", this_process())
-        return objective(trial)
+        (outcome,) = objective([trial])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
     if len(study.get_trials(deepcopy=False, states=FINISHED)) < n_trials:
         study.optimize(tracked, callbacks=[MaxTrialsCallback(n_trials, states=FINISHED)], gc_after_trial=False)
@@ -194,15 +197,14 @@ def free_slot(held: list[optuna.trial.FrozenTrial]) -> int:
     return next(k for k in range(len(taken) + 1) if k not in taken)
 
 
-def run_study(study: optuna.Study, objective: Callable[[optuna.Trial], float] | None, n_trials: int,
+def run_study(study: optuna.Study, objective: BatchObjective, n_trials: int,
               lock_path: Path | None = None, stale_after_s: float = 1800.0,
-              sampler_for: Callable[[int], optuna.samplers.BaseSampler] | None = None, *,
-              batch_objective: BatchObjective | None = None, batch: int = 1,
+              sampler_for: Callable[[int], optuna.samplers.BaseSampler] | None = None, *, batch: int = 1,
               draw: Callable[[optuna.Trial], Any] | None = None, poll_s: float = 1.0) -> SweepResult:
     """Run trials until the study holds `n_trials` finished (completed or pruned) trials.
 
-    Trials are asked `batch` at a time (ask/tell) and run together by `batch_objective`, which returns
-    each one's value, or the TrialPruned it ended with; `objective` runs one trial at a time instead.
+    Trials are asked `batch` at a time (ask/tell) and run together by `objective`, which returns
+    each one's value, or the TrialPruned it ended with.
     Any number of workers may run this on the same study: trials are only asked, under a file lock,
     while finished plus running trials are fewer than the cap, so together they stop at exactly
     `n_trials`. A worker returns only once every trial has finished (polling every `poll_s` s), so its
@@ -214,7 +216,6 @@ def run_study(study: optuna.Study, objective: Callable[[optuna.Trial], float] | 
     """
     from filelock import FileLock
 
-    run = batch_objective or (lambda trials: [_one(objective, t) for t in trials])
     lock = FileLock(str(lock_path or Path(tempfile.gettempdir()) / f"distillery-{study.study_name}.lock"))
     while True:
         with lock:
@@ -230,7 +231,7 @@ def run_study(study: optuna.Study, objective: Callable[[optuna.Trial], float] | 
             time.sleep(poll_s)
             continue
         try:
-            outcomes = run(trials)
+            outcomes = objective(trials)
         except BaseException:
             for trial in trials:
                 study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
@@ -244,13 +245,6 @@ def run_study(study: optuna.Study, objective: Callable[[optuna.Trial], float] | 
 
 
 BatchObjective = Callable[[list[optuna.Trial]], list["float | optuna.TrialPruned"]]
-
-
-def _one(objective: Callable[[optuna.Trial], float], trial: optuna.Trial) -> float | optuna.TrialPruned:
-    try:
-        return objective(trial)
-    except optuna.TrialPruned as exc:
-        return exc
 
 
 def _ask(study: optuna.Study, held: list[Any], sampler_for, draw=None) -> optuna.Trial:

@@ -11,7 +11,6 @@ their settings). Final seed s uses s for both, so seed-to-seed variance includes
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
@@ -19,13 +18,10 @@ import torch.nn as nn
 from ..core.arms import CONTROL_ALPHA, get_arm
 from ..core.config import Params
 from ..core.files import Best
-from ..core.paths import Layout
 from ..data import Prepared
-from .fusion import forward_flops, group_size
-from .loop import Recipe, resolve_device
+from .run_recipe import Recipe
 from .losses import DistillLoss
 from .models import ModelSpec, build_teacher, vit_spec
-from .teacher_cache import TeacherCache
 
 
 @dataclass(frozen=True)
@@ -92,21 +88,3 @@ def teacher_run(params: Params, data: Prepared) -> tuple[nn.Module, RunPlan]:
                     augment=params.augment, loss=DistillLoss("none"), seed=params.seed, view_seed=params.seed)
     hparams = {"lr": t.lr, "weight_decay": t.weight_decay, "mixing": t.mixing}
     return net, RunPlan("teacher", "teacher", params.seed, spec, recipe, hparams)
-
-
-def teacher_cache(params: Params, layout: Layout) -> TeacherCache | None:
-    """Where distilled runs replay the teacher's logits; None when distill.teacher is live."""
-    d = params.distill
-    if d.teacher == "live":
-        return None
-    root = Path(d.cache_dir) if d.cache_dir else layout.home / "cache" / "teacher"
-    if not root.is_absolute():
-        root = layout.home / root
-    return TeacherCache(root, int(d.cache_max_mb * 2**20))
-
-
-def fused_group_size(params: Params, data: Prepared, arm: str, runs: int, world: int = 1) -> int:
-    """How many of an arm's `runs` train together (train.fuse), from the device and the student's FLOPs."""
-    tokens = (data.image_size // params.student.patch_size) ** 2 + 2  # patches, class and distillation tokens
-    flops = forward_flops(student_spec(params, data, arm, 0.0).build(0), tokens)
-    return group_size(params.train.fuse, runs, resolve_device(params.train.device), flops, world)

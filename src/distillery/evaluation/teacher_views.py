@@ -13,12 +13,12 @@ import torch.nn as nn
 
 from ..core.config import AugmentConfig, TrainConfig
 from ..data import Prepared
-from ..training.augment import BatchAugment, Normalizer
+from ..recipe.augment import BatchAugment, Normalizer
 from ..training.batches import batch_source
 from ..training.inference import autocast
 from ..training.distributed import Ranks
 from ..training.loop import group_batch_size, resolve_device
-from ..training.views import ViewStream
+from ..recipe.views import ViewStream
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .augment import BatchAugment
-from .batches import to_device
+from ..training.batches import to_device
 
 _VIEW_TAG = 0x5649_4557  # "VIEW": keeps view seeds apart from any other use of the same integers
 

@@ -1,0 +1,1 @@
+"""distillery.recipe"""
