@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: repro repair test test-fast venv clean-outputs profile reproduce
+.PHONY: repro repair test test-fast venv clean-outputs profile reproduce ui
 
 venv: $(STAMP)
 
@@ -27,6 +27,11 @@ repair: $(STAMP)
 # verdicts and intervals with the committed report: reports/reproduced.md. ARGS="--float-path same" keeps the path.
 reproduce: $(STAMP)
 	$(BIN)/python -m distillery.reproduce $(ARGS)
+
+# MLflow's UI on the project's store; a moved or copied project first points its store at its own mlruns/
+ui: $(STAMP)
+	$(BIN)/python -m distillery.core.artifact_paths .
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db $(ARGS)
 
 # A whole recipe at once: make profile NAME=photos-small SET="data.path=/my/photos" (profiles/*.yaml)
 profile: $(STAMP)

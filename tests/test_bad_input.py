@@ -142,6 +142,7 @@ def test_a_params_file_that_is_not_there_or_not_yaml(tmp_path, capsys):
     assert rc == 2 and "model.pt" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (ROOT / ".venv" / "bin" / "python").exists(), reason="make repro runs the project's .venv")
 def test_make_repro_on_an_empty_params_file_says_so_in_one_line_before_dvc(tmp_path):
     """DVC alone fails on dvc.yaml's matrix ("Could not find 'arms.without_teacher'"), naming no file to fix."""

@@ -89,6 +89,7 @@ def test_unknown_timm_model_is_refused_with_a_suggestion():
         check_model_names(params)
 
 
+@pytest.mark.slow
 def test_stage_reports_bad_params_in_one_line_without_traceback(tmp_path):
     bad = tmp_path / "params.yaml"
     bad.write_text(yaml.safe_dump(with_value("train.batch_size", 0)))

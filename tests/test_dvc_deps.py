@@ -211,6 +211,7 @@ def test_matrix_and_foreach_expansion(tmp_path):
     assert got["f@b"] == ("echo b 2", ["d/b"]) and got["g@y"] == ("echo y", [])
 
 
+@pytest.mark.slow
 def test_the_report_stage_never_imports_torch():
     """The report reads files only; importing torch there would cost ~10 s and hide a design leak."""
     import subprocess

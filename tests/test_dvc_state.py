@@ -139,6 +139,7 @@ def test_an_unreadable_rwlock_is_removed_and_a_readable_one_kept(project):
     assert len(done) == 1 and "rwlock" in done[0] and not rwlock.exists()
 
 
+@pytest.mark.slow
 def test_repair_waits_for_no_running_dvc_and_refuses_in_one_line(project, capsys):
     """While another process holds DVC's repository lock (a dvc repro may be mid-write), nothing is touched."""
     torn = cut_at("yaml")
@@ -171,6 +172,7 @@ def test_a_half_written_run_cache_entry_is_removed_and_finished_ones_kept(projec
     assert repair(project) == []
 
 
+@pytest.mark.slow
 def test_declared_shapes_are_keyed_by_the_locks_stage_names_from_any_directory(tmp_path, monkeypatch):
     """The lock writes `final@none`; DVC's `addressing` would be `proj/dvc.yaml:final@none` from elsewhere."""
     from distillery.core.dvc_state import declared_shapes

@@ -73,6 +73,7 @@ def max_diff(a, b):
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["none", "control", "soft", "hard", "fake"])
 def test_a_fused_member_ends_where_it_ends_alone(kind, data, teacher):
     t = teacher if kind in ("soft", "hard") else None
@@ -91,12 +92,14 @@ def test_a_fused_member_ends_where_it_ends_alone(kind, data, teacher):
     assert fused[0].history[0]["group_size"] == 3 and alone[0].history[0]["group_size"] == 1
 
 
+@pytest.mark.slow
 def test_members_differ_where_their_settings_differ(data):
     fused = fit(members("none"), data, progress=False)
     w = [weights(m.net) for m in fused]
     assert max_diff(w[0], w[1]) > 1e-2 and max_diff(w[0], w[2]) > 1e-2
 
 
+@pytest.mark.slow
 def test_a_fused_run_is_bitwise_reproducible(data, teacher):
     runs = [fit(members("soft"), data, teacher=teacher, progress=False) for _ in range(2)]
     for a, b in zip(*runs):
@@ -111,6 +114,7 @@ class Prune(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_a_pruned_member_leaves_and_the_others_train_on_unmoved(data):
     ref = fit(members("control", epochs=4), data, progress=False)
     group = members("control", epochs=4)
@@ -129,6 +133,7 @@ def test_a_pruned_member_leaves_and_the_others_train_on_unmoved(data):
     assert max_diff(weights(group[1].net), weights(ref[1].net)) > 0  # it stopped: its weights are epoch 2's
 
 
+@pytest.mark.slow
 def test_a_killed_group_resumes_every_member_from_its_own_checkpoint(data, tmp_path):
     ref = fit(members("none", epochs=4), data, progress=False)
     first = members("none", epochs=2, tmp=tmp_path)
@@ -163,6 +168,7 @@ def test_a_killed_group_resumes_every_member_from_its_own_checkpoint(data, tmp_p
         assert max_diff(weights(a.net), weights(b.net)) == 0
 
 
+@pytest.mark.slow
 def test_a_member_whose_loss_is_not_finite_fails_alone(data):
     group = members("none", epochs=2)
     group[2].recipe = Recipe(**{**group[2].recipe.__dict__, "lr": 1e30})
@@ -221,6 +227,7 @@ def test_group_sizes_follow_the_setting():
     assert sum(chunks(list(range(10)), 3), []) == list(range(10))
 
 
+@pytest.mark.slow
 def test_a_kill_between_two_members_checkpoints_costs_one_epoch_and_no_bit(data, tmp_path):
     """Killed while the group wrote its epoch-3 checkpoints: member 0's still says epoch 2. The others
     step back to their previous checkpoint and the group redoes epoch 3 together."""

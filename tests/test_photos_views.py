@@ -118,6 +118,7 @@ def test_device_cache_auto_streams_only_what_does_not_fit(capsys):
     assert not batch_source(x, CPU, TrainConfig(device_cache="on", device_cache_mb=0)).streamed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("augment", [
     AugmentConfig(translate=0, random_resized_crop=True, hflip=True, random_erasing=0.25),
     AugmentConfig(translate=2),

@@ -101,6 +101,7 @@ def test_the_plan_asks_more_seeds_for_noisier_comparisons_and_respects_the_cap()
     assert plan["arms"]["hard"]["extra_seeds"] == list(range(31, 41))
 
 
+@pytest.mark.slow
 def test_the_seed_plan_stage_never_reads_the_test_split(tmp_path):
     """The stage runs in a project holding no prepared data at all: only val predictions and the split sizes."""
     rng = np.random.default_rng(3)

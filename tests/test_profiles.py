@@ -52,6 +52,7 @@ def test_applying_a_profile_rewrites_values_and_keeps_comments(tmp_path):
     assert back == Params() == load_params(params)
 
 
+@pytest.mark.slow
 def test_a_bad_profile_or_override_is_one_line_and_leaves_params_alone(tmp_path):
     params = tmp_path / "params.yaml"
     original = (ROOT / "params.yaml").read_text()

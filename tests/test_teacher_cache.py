@@ -120,6 +120,7 @@ def same_training(a, b):
            [{k: v for k, v in h.items() if k not in drop} for h in hist_b]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["soft", "hard"])
 def test_a_trial_trained_from_the_cache_equals_the_live_trial(tmp_path, kind):
     cache = TeacherCache(tmp_path, 2**30)
@@ -132,6 +133,7 @@ def test_a_trial_trained_from_the_cache_equals_the_live_trial(tmp_path, kind):
     same_training(live, replaying)
 
 
+@pytest.mark.slow
 def test_the_replayed_logits_are_what_trains_the_student(tmp_path):
     """Guards the test above: if the cache were ignored, a tampered cache would change nothing."""
     cache = TeacherCache(tmp_path, 2**30)
@@ -142,6 +144,7 @@ def test_the_replayed_logits_are_what_trains_the_student(tmp_path):
     assert not torch.equal(live[0].state_dict()["head_dist.weight"], tampered[0].state_dict()["head_dist.weight"])
 
 
+@pytest.mark.slow
 def test_an_unreadable_cache_file_is_recomputed(tmp_path):
     cache = TeacherCache(tmp_path, 2**30)
     live = distilled_fit(cache)
@@ -154,6 +157,7 @@ def test_an_unreadable_cache_file_is_recomputed(tmp_path):
     assert all(np.load(f).shape == (3, 16, 3) for f in tmp_path.glob("*/epoch_*.npy"))
 
 
+@pytest.mark.slow
 def test_over_the_cap_the_teacher_runs_live_and_nothing_is_written(tmp_path, capsys):
     live = distilled_fit(None)
     capped = distilled_fit(TeacherCache(tmp_path, 100))
@@ -162,6 +166,7 @@ def test_over_the_cap_the_teacher_runs_live_and_nothing_is_written(tmp_path, cap
     assert "over distill.cache_max_mb" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_the_size_is_printed_before_the_cache_is_built(tmp_path, capsys):
     distilled_fit(TeacherCache(tmp_path, 2**30), epochs=1)
     out = capsys.readouterr().out
@@ -191,12 +196,14 @@ def test_streams_are_keyed_by_what_changes_the_logits(tmp_path):
     assert set(key["versions"]) == {"torch", "timm", "numpy", "pillow"} and "threads" in key["hardware"]
 
 
+@pytest.mark.slow
 def test_the_loop_files_its_logits_under_that_key(tmp_path):
     """Ties the loop to stream_key: a key the loop built by itself, missing a field, would land elsewhere."""
     distilled_fit(TeacherCache(tmp_path, 2**30), epochs=1)
     assert [d.name for d in tmp_path.iterdir()] == [TeacherCache(tmp_path, 0).stream_dir(key_of()).name]
 
 
+@pytest.mark.slow
 def test_a_resumed_distilled_run_replays_and_ends_where_the_uninterrupted_one_does(tmp_path):
     from distillery.core.errors import TrainingError
 

@@ -70,6 +70,7 @@ def test_system_metrics_are_sampled_into_each_run_when_on(tmp_path):
         mlflow.disable_system_metrics_logging()
 
 
+@pytest.mark.slow
 def test_runs_of_a_killed_process_are_marked_killed_and_no_others(tmp_path):
     """A stage killed mid-run leaves its MLflow run RUNNING; the next stage on this host closes it as
     KILLED, but not a run of a live process nor one from another host; a resumed run is this process's."""
@@ -123,3 +124,89 @@ def test_the_final_stages_of_one_repro_share_one_finished_parent_run(tmp_path, m
     assert repro_parent(layout, parse_params({"student": {"depth": 3}})) != first  # other params: another repro
     monkeypatch.setenv("DVC_EXP_NAME", "exp-1")
     assert repro_parent(layout, p) != first  # a DVC experiment groups its own runs
+
+
+def test_a_moved_project_keeps_its_artifacts_and_a_copy_writes_its_own(tmp_path):
+    """MLflow stores absolute artifact paths: after a move, setup_tracking points the project's store at its own
+    mlruns/ (runs, logged models, experiments), so the artifacts still list and load, and new ones land there."""
+    import shutil
+
+    import mlflow
+
+    from distillery.core.artifact_paths import foreign_roots
+    from distillery.core.tracking import setup_tracking, start_run
+
+    first, moved = tmp_path / "first", tmp_path / "moved"
+    first.mkdir()
+    cfg = TrackingConfig(system_metrics=False)
+    try:
+        setup_tracking(cfg, Layout(first))
+        with start_run("r", {}) as run:
+            mlflow.log_text("hello", "notes/a.txt")
+        model = mlflow.initialize_logged_model(name="m", source_run_id=run.info.run_id)
+        assert mlflow.get_run(run.info.run_id).info.artifact_uri.startswith(str(first / "mlruns"))
+        shutil.copytree(first, moved)
+        shutil.rmtree(first)
+        setup_tracking(cfg, Layout(moved))
+        client = mlflow.MlflowClient()
+        assert client.get_run(run.info.run_id).info.artifact_uri.startswith(str(moved / "mlruns"))
+        assert [f.path for f in client.list_artifacts(run.info.run_id, "notes")] == ["notes/a.txt"]
+        assert mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/notes/a.txt") == "hello"
+        assert client.get_logged_model(model.model_id).artifact_location.startswith(str(moved / "mlruns"))
+        assert foreign_roots(moved / "mlflow.db", moved) == []
+        with start_run("after the move", {}) as again:
+            mlflow.log_text("new", "b.txt")
+        assert (moved / "mlruns").is_dir() and not first.exists()
+        assert client.get_run(again.info.run_id).info.artifact_uri.startswith(str(moved / "mlruns"))
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_a_database_outside_the_project_is_not_rewritten(tmp_path):
+    """A store the project does not own (elsewhere on disk, or a server) keeps its locations."""
+    from distillery.core.artifact_paths import relocate
+
+    project = tmp_path / "p"
+    (project / "mlruns").mkdir(parents=True)
+    import sqlite3
+
+    db = tmp_path / "shared.db"
+    with sqlite3.connect(db) as con:
+        con.execute("create table experiments (artifact_location text)")
+        con.execute("insert into experiments values ('/elsewhere/mlruns/1')")
+    from distillery.core.tracking import _own_database
+
+    assert _own_database(f"sqlite:///{db}", Layout(project)) is None
+    assert _own_database(f"sqlite:///{project / 'mlflow.db'}", Layout(project)) == project / "mlflow.db"
+    assert relocate(project / "mlflow.db", project) == 0  # no store there: nothing to do
+
+
+def test_a_logged_model_a_killed_process_left_pending_is_marked_failed(tmp_path):
+    """evaluate creates a logged model, writes its files, then marks it READY: a kill in between leaves it
+    PENDING. The next stage marks it FAILED, and leaves a live process's and another host's alone."""
+    import socket
+    import subprocess
+
+    import mlflow
+
+    from distillery.core.processes import this_process
+    from distillery.core.tracking import PROCESS_TAG, setup_tracking
+
+    cfg = TrackingConfig(system_metrics=False)
+    finished = subprocess.Popen(["true"])  # a process of this host that no longer exists
+    finished.wait()
+    try:
+        experiment = setup_tracking(cfg, Layout(tmp_path)) and mlflow.get_experiment_by_name(cfg.experiment)
+        client = mlflow.MlflowClient()
+        made = {who: client.create_logged_model(experiment.experiment_id, name=who, tags={PROCESS_TAG: label}).model_id
+                for who, label in (("killed", f"{socket.gethostname()}:{finished.pid}"),
+                                   ("alive", this_process()), ("remote", "another-host:12345"))}
+        done = client.create_logged_model(experiment.experiment_id, name="done",
+                                          tags={PROCESS_TAG: f"{socket.gethostname()}:{finished.pid}"})
+        client.finalize_logged_model(done.model_id, "READY")
+        setup_tracking(cfg, Layout(tmp_path))  # what the next stage does first
+        status = {who: str(client.get_logged_model(mid).status) for who, mid in made.items()}
+        assert status == {"killed": "FAILED", "alive": "PENDING", "remote": "PENDING"}
+        assert str(client.get_logged_model(done.model_id).status) == "READY"
+    finally:
+        mlflow.set_tracking_uri(None)

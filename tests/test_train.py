@@ -54,6 +54,7 @@ def build(distilled):
     return spec.build()
 
 
+@pytest.mark.slow
 def test_the_loop_learns_the_toy_task():
     import timm
 
@@ -99,6 +100,7 @@ class RecordingStudent(nn.Module):
         return self.inner(x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["soft", "hard"])
 def test_teacher_scores_exactly_the_augmented_mixed_batch(kind):
     teacher, student = RecordingTeacher(), RecordingStudent(build(True))
@@ -112,6 +114,7 @@ def test_teacher_scores_exactly_the_augmented_mixed_batch(kind):
     assert not any(torch.equal(s[:, :1], torch.as_tensor(raw[:16]).float()) for s in student.seen)  # it was augmented
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
     data, r = toy_data(), recipe(epochs=4, loss=DistillLoss("none"), augment=AugmentConfig(translate=1), mixing=0.5)
     full = train_one(build(False), data, r, checkpoint=tmp_path / "full.pt", progress=False)
@@ -132,6 +135,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
            [{k: v for k, v in h.items() if k not in drop} for h in full]
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_recipe_is_not_resumed(tmp_path):
     data = toy_data()
     train_one(build(False), data, recipe(epochs=2), checkpoint=tmp_path / "c.pt", progress=False)
@@ -152,6 +156,7 @@ class TurnsNaN(nn.Module):
         return out * float("nan") if self.calls >= self.after else out
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
     steps = len(toy_data().splits["train"].y) // 16  # per epoch
     ckpt = tmp_path / "c.pt"
@@ -173,6 +178,7 @@ def test_no_teacher_arm_refuses_a_teacher():
         train_one(build(True), toy_data(), recipe(loss=DistillLoss("control")), teacher=RecordingTeacher(), progress=False)
 
 
+@pytest.mark.slow
 def test_control_trains_both_heads_on_the_labels():
     net = build(True)
     history = train_one(net, toy_data(), recipe(epochs=2, loss=DistillLoss("control")), progress=False)
@@ -184,6 +190,7 @@ def test_odd_batch_with_mixing_is_refused_in_one_line():
         train_one(build(False), toy_data(), recipe(mixing=0.8, batch_size=15), progress=False)
 
 
+@pytest.mark.slow
 def test_fewer_odd_training_images_than_a_batch_still_mix():
     data = toy_data(n_per_class=3)  # 7 training images, batch 16: the batch shrinks to 6, not to an odd 7
     assert len(data.splits["train"].y) == 7

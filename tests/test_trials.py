@@ -28,6 +28,7 @@ def params_with(lr_range):
                          "distill": {"hard": {"alpha": {"low": 0.5, "high": 0.5}}}})
 
 
+@pytest.mark.slow
 def test_diverging_trials_are_pruned_with_the_reason(tmp_path, tracking):
     params = params_with({"low": 1e30, "high": 1e30})
     study = open_study(tmp_path / "s.db", "nan", params.sweep, 0, 0, 1)
@@ -39,6 +40,7 @@ def test_diverging_trials_are_pruned_with_the_reason(tmp_path, tracking):
     assert set(runs["tags.trial_state"]) == {"PRUNED"} and runs["tags.prune_reason"].str.contains("nan").all()
 
 
+@pytest.mark.slow
 def test_healthy_trials_complete_and_log_their_curves(tmp_path, tracking):
     params = params_with({"low": 1e-3, "high": 1e-3})
     study = open_study(tmp_path / "s.db", "ok", params.sweep, 0, 0, 1)

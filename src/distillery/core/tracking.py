@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from .artifact_paths import artifact_root, relocate
 from .config import Params, TrackingConfig
 from .errors import TrackingError
 from .processes import is_gone_here, this_process
@@ -87,8 +89,15 @@ def setup_tracking(cfg: TrackingConfig, layout: Layout, monitor: bool = True) ->
     else:
         mlflow.disable_system_metrics_logging()
     lock = layout.home / ".mlflow.lock"
+    own_db = _own_database(uri, layout)
     try:
         with FileLock(str(lock), timeout=600):
+            if own_db is not None:  # a moved or copied project: its artifacts are in its own mlruns/
+                relocate(own_db, layout.home)
+            if own_db is not None and mlflow.get_experiment_by_name(cfg.experiment) is None:
+                # under the project, not under the working directory of the first stage (a queued experiment's copy)
+                slug = re.sub(r"[^\w.-]", "_", cfg.experiment)
+                mlflow.create_experiment(cfg.experiment, artifact_location=str(artifact_root(layout.home) / slug))
             experiment = mlflow.set_experiment(cfg.experiment)
             if KIND_TAG not in experiment.tags:  # else the UI guesses, and opens a training project in GenAI mode
                 mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, KIND_TAG, "custom_model_development")
@@ -96,6 +105,14 @@ def setup_tracking(cfg: TrackingConfig, layout: Layout, monitor: bool = True) ->
     except Exception as exc:  # any store failure must end in one readable line
         raise TrackingError(f"could not open MLflow store {uri}: {type(exc).__name__}: {exc}"[:500]) from None
     return uri
+
+
+def _own_database(uri: str, layout: Layout) -> Path | None:
+    """The project's own SQLite store (its artifacts live in the project), or None: a server, a database elsewhere."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri[len("sqlite:///"):])
+    return db if db.parent.resolve() == layout.home.resolve() else None
 
 
 def close_runs_of_gone_processes(experiment_id: str) -> list[str]:
@@ -112,7 +129,25 @@ def close_runs_of_gone_processes(experiment_id: str) -> list[str]:
             closed.append(run.info.run_id)
     if closed:
         print(f"mlflow: {len(closed)} run(s) of a killed process marked KILLED")
-    return closed
+    return closed + fail_models_of_gone_processes(experiment_id)
+
+
+def fail_models_of_gone_processes(experiment_id: str) -> list[str]:
+    """Mark FAILED the logged models a killed evaluate left PENDING (created, its files not all written):
+    the run table would show them as models of the run, loading would fail. Their process is in PROCESS_TAG."""
+    import mlflow
+    from mlflow.entities import LoggedModelStatus
+
+    client = mlflow.MlflowClient()
+    failed = []
+    newest = [{"field_name": "creation_timestamp", "ascending": False}]  # what a recent kill left is among them
+    for model in client.search_logged_models([experiment_id], max_results=1000, order_by=newest):  # (a status filter finds none)
+        if model.status == LoggedModelStatus.PENDING and is_gone_here(model.tags.get(PROCESS_TAG, "")):
+            client.finalize_logged_model(model.model_id, "FAILED")
+            failed.append(model.model_id)
+    if failed:
+        print(f"mlflow: {len(failed)} logged model(s) a killed process left pending marked FAILED")
+    return failed
 
 
 def git_commit(root: Path) -> str:

@@ -17,7 +17,8 @@ import numpy as np
 
 from ..core.files import read_json
 from ..core.paths import Layout
-from ..core.tracking import MODEL_SHA_TAG, file_sha256
+from ..core.processes import this_process
+from ..core.tracking import MODEL_SHA_TAG, PROCESS_TAG, file_sha256
 
 ALIAS = "current"
 TEST_METRICS = {"test_acc_avg": "test_acc", "test_acc_cls": "test_acc_cls", "test_acc_dist": "test_acc_dist",
@@ -109,7 +110,8 @@ def log_served_model(run_id: str, path: Path, data: Any, arm: str, seed: int, ex
     logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # a pickle warning per model: said once, in the docs
     client = mlflow.MlflowClient()
     model = client.create_logged_model(experiment_id, name=f"{arm}-seed{seed}", source_run_id=run_id,
-                                       tags={"arm": arm, "seed": str(seed), "architecture": card["architecture"]},
+                                       tags={"arm": arm, "seed": str(seed), "architecture": card["architecture"],
+                                             PROCESS_TAG: this_process()},  # a kill before READY: tracking.py fails it
                                        model_type="image classifier")
     with tempfile.TemporaryDirectory() as tmp:
         # pickle, not pt2: torch.export would fix the batch size at the input example's
