@@ -133,7 +133,7 @@ def test_a_moved_project_keeps_its_artifacts_and_a_copy_writes_its_own(tmp_path)
 
     import mlflow
 
-    from distillery.core.artifact_paths import foreign_roots
+    from distillery.core.artifact_paths import experiment_links, foreign_roots
     from distillery.core.tracking import setup_tracking, start_run
 
     first, moved = tmp_path / "first", tmp_path / "moved"
@@ -154,6 +154,9 @@ def test_a_moved_project_keeps_its_artifacts_and_a_copy_writes_its_own(tmp_path)
         assert mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/notes/a.txt") == "hello"
         assert client.get_logged_model(model.model_id).artifact_location.startswith(str(moved / "mlruns"))
         assert foreign_roots(moved / "mlflow.db", moved) == []
+        experiment = mlflow.get_experiment_by_name(cfg.experiment).experiment_id
+        assert experiment_links(moved / "mlflow.db") == [
+            f"{cfg.experiment}: http://127.0.0.1:5000/#/experiments/{experiment}/runs?workflowType=machine_learning"]
         with start_run("after the move", {}) as again:
             mlflow.log_text("new", "b.txt")
         assert (moved / "mlruns").is_dir() and not first.exists()

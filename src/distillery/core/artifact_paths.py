@@ -64,13 +64,26 @@ def relocate(db: Path, home: Path) -> int:
     return changed
 
 
+def experiment_links(db: Path, base: str = "http://127.0.0.1:5000") -> list[str]:
+    """Each experiment's run table in model-training mode: MLflow 3's UI opens in GenAI mode unless the
+    link says otherwise (its mode is a browser setting, not the experiment's)."""
+    with sqlite3.connect(db) as con:
+        rows = con.execute("select experiment_id, name from experiments where lifecycle_stage = 'active' "
+                           "and name != 'Default' order by experiment_id").fetchall()
+    return [f"{name}: {base}/#/experiments/{eid}/runs?workflowType=machine_learning" for eid, name in rows]
+
+
 def main(argv: list[str]) -> int:
     home = Path(argv[0] if argv else ".").resolve()
     db = home / "mlflow.db"
-    roots = foreign_roots(db, home) if db.is_file() else []
+    if not db.is_file():
+        print(f"{db} not found: run the pipeline first (make repro)")
+        return 1
+    roots = foreign_roots(db, home)
     n = relocate(db, home)
     print(f"mlflow.db: {n} artifact location(s) moved from {', '.join(roots)} to {artifact_root(home)}" if n
           else f"mlflow.db: every artifact location is under {artifact_root(home)}")
+    print("open (model-training mode):", *experiment_links(db), sep="\n  ")
     return 0
 
 
