@@ -47,6 +47,8 @@ def test_min_gain_is_in_points_of_the_seed_mean():
     assert ladder_state(rungs, PLANNED, 1.4)[0] == 120
     assert ladder_state(rungs, PLANNED, 1.6) == (None, 30, "ladder")
     assert rungs[0].sd == pytest.approx(0.0707107, rel=1e-5)
+    line = budget_line(EpochBudget(epochs=30, rule="ladder", arm="none", min_gain=1.6, rungs=rungs))
+    assert "30 → 85.0 ± 7.1 %, 60 → 86.5 ± 0.0 %" in line  # the seed mean ± SD, in points
 
 
 def test_centre_of_a_search_range():

@@ -74,3 +74,42 @@ def test_a_ladder_setting_reruns_the_budget_and_everything_after_it_but_not_the_
         path.write_text(original)
     assert "budget" in stages and "final_kd@soft" in stages and "sweep@none" in stages
     assert not stages & {"prepare", "teacher"}
+
+
+def test_a_ladder_killed_after_a_rung_restores_that_rung_and_ends_where_it_would_have(project):
+    """SIGKILL the budget stage once its first rung has finished (both seeds' epochs logged), then rerun it:
+    the finished rung comes back from checkpoints/finished/ (no epoch of it trained again), the next rung
+    trains, and metrics/budget.json is the uninterrupted ladder's but for each rung's `seconds` (a timing)."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    dest, env, _ = project
+    def untimed():
+        budget = json.loads((dest / "metrics/budget.json").read_text())
+        return {**budget, "rungs": [{k: v for k, v in r.items() if k != "seconds"} for r in budget["rungs"]]}
+
+    uninterrupted = untimed()
+    for kept in (dest / "checkpoints/finished").glob("budget-*"):
+        shutil.rmtree(kept)  # what the first run kept: without this every rung would be restored at once
+    log = dest / "budget-epochs.log"
+    run_env = {**env, "DISTILLERY_EPOCH_LOG": str(log), "PYTHONUNBUFFERED": "1"}
+    first_rung = AUTO["budget.rungs"][0] * AUTO["budget.seeds"]
+    proc = subprocess.Popen([sys.executable, "pipeline/budget.py"], cwd=dest, env=run_env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not (log.exists() and len(log.read_text().splitlines()) >= first_rung) and proc.poll() is None:
+        assert time.monotonic() < deadline, "the first rung never finished"
+        time.sleep(0.02)
+    time.sleep(0.3)  # past the rung's last epoch: while it saves, or in the next rung's first epoch
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    trained_before = log.read_text().splitlines()
+    out = run_ok([sys.executable, "pipeline/budget.py"], dest, run_env)
+    again = log.read_text().splitlines()[len(trained_before):]
+    assert not [line for line in again if line.startswith("budget-3ep")], (trained_before, again, out[-2000:])
+    assert "restored from" in out
+    assert untimed() == uninterrupted

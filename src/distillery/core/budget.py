@@ -109,7 +109,9 @@ def budget_line(budget: EpochBudget) -> str:
     """How the budget was set, in one sentence (the report's design section, the stage summary)."""
     if budget.rule == "fixed":
         return f"{budget.epochs} epochs for every arm, fixed by student.epochs"
-    steps = ", ".join(f"{r.epochs} → {100 * r.mean:.1f} %" for r in budget.rungs)
+    # ± the SD over the ladder's seeds: a gain smaller than it is seed noise, whatever min_gain says
+    steps = ", ".join(f"{r.epochs} → {100 * r.mean:.1f}" + (f" ± {100 * r.sd:.1f}" if r.sd is not None else "") + " %"
+                      for r in budget.rungs)
     why = (f"the first rung the next did not beat by {budget.min_gain:g} points" if budget.rule == "ladder"
            else f"the last rung: every longer schedule still gained ≥ {budget.min_gain:g} points, so the students "
                 "may not have finished learning")
