@@ -70,11 +70,12 @@ def train_final_seeds(params: Params, layout: Layout, arm: Arm, best: Best, seed
     cache = cache_for(p, layout) if arm.uses_teacher else None
     plans = [final_run(p, arm.name, data, best, seed) for seed in seeds]
     out = FinalSeeds(val_pred={"label": data.splits["val"].y})
+    interval = system_metrics_interval(p.tracking)
     for group in chunks(plans, fused_group_size(p, data, arm.name, max(len(plans), 1), ranks.world)):
         units = [_unit(p, layout, arm, run, extra, tags) for run in group]
         desc = f"{arm.name} seeds {group[0].seed}-{group[-1].seed} ({len(units)} fused)" if len(units) > 1 else None
         results = tracked_fit(units, data, teacher=teacher, teacher_cache=cache, desc=desc, ranks=ranks,
-                              system_metrics_interval=system_metrics_interval(p.tracking))
+                              system_metrics_interval=interval)
         for run, result in zip(group, results):
             last = result.history[-1]
             out.per_seed[str(run.seed)] = {"objective": objective_of(result.history, p.sweep.objective_epochs),

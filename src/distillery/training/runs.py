@@ -67,7 +67,8 @@ def tracked_fit(units: list[Unit], data: Prepared, *, teacher: nn.Module | None 
     cleans up (the others return run_id "")."""
     ranks = ranks or Ranks.from_env()
     teacher_digest = state_digest(teacher) if teacher is not None else None
-    extras = [run_identity(u.spec, data.fingerprint(), teacher_digest) for u in units]
+    data_digest = data.fingerprint()  # hashes every training and val image: once, not once per unit
+    extras = [run_identity(u.spec, data_digest, teacher_digest) for u in units]
     prints = [u.recipe.fingerprint(e) for u, e in zip(units, extras)]
     results = {i: done for i, u in enumerate(units) if (done := _restore_finished(u, prints[i], ranks)) is not None}
     todo = [i for i in range(len(units)) if i not in results]
