@@ -102,6 +102,7 @@ def setup_tracking(cfg: TrackingConfig, layout: Layout, monitor: bool = True) ->
             if KIND_TAG not in experiment.tags:  # else the UI guesses, and opens a training project in GenAI mode
                 mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, KIND_TAG, "custom_model_development")
         close_runs_of_gone_processes(experiment.experiment_id)
+        fail_models_of_gone_processes(experiment.experiment_id)
     except Exception as exc:  # any store failure must end in one readable line
         raise TrackingError(f"could not open MLflow store {uri}: {type(exc).__name__}: {exc}"[:500]) from None
     return uri
@@ -129,7 +130,7 @@ def close_runs_of_gone_processes(experiment_id: str) -> list[str]:
             closed.append(run.info.run_id)
     if closed:
         print(f"mlflow: {len(closed)} run(s) of a killed process marked KILLED")
-    return closed + fail_models_of_gone_processes(experiment_id)
+    return closed
 
 
 def fail_models_of_gone_processes(experiment_id: str) -> list[str]:
